@@ -1,0 +1,21 @@
+"""STS-B similarity regression, MiniLM feature extraction — frozen encoder, trained regression head.
+
+The feature-extraction twin of stsb_full.
+Paper/reference: Devlin et al. 2019.
+Command:  python scripts/train.py --config configs/stsb_frozen.py --workdir runs/stsb_frozen
+Expected: dev Pearson below full fine-tuning (see docs/results.md).
+"""
+
+from ftlab.train.loop import apply_variant, default_config
+
+
+def get_config(variant=None):
+    c = default_config()
+    c.task.name = "stsb"
+    c.delta.method = "frozen"
+    c.train.epochs = 5
+    c.train.batch_size = 16
+    c.optim.lr = 1e-3
+    return apply_variant(c, variant, {
+
+    })

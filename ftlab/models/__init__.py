@@ -1,0 +1,109 @@
+"""ftlab's own Flax linen models: BERT family, Llama family, GPT-2, with task heads.
+
+Public API:
+    build_model(config, head=None, num_labels=2, pooling="default") -> nn.Module
+    init_params(model, rng, base_params, example_input_ids) -> (params, fresh_paths)
+    initializer_for(path, shape, config, rng) -> array        # the model's own initialiser for one leaf
+    BertConfig, LlamaConfig, GPT2Config, config_from_hf
+
+Call: `model.apply({'params': params}, input_ids, attention_mask=None, token_type_ids=None,
+deterministic=True, rngs={'dropout': key})`, input_ids int32 [B, T], attention_mask [B, T] (1 = real).
+Returns hidden [B, T, D] (head=None), [B, num_labels] (sequence_classification), [B, T, num_labels]
+(token_classification) or [B, T, V] (masked_lm, causal_lm), always float32.
+The parameter tree is {'backbone': ..., 'head': ...}, paths mirroring Hugging Face names (see
+ftlab.checkpoint.hf for the conversion table).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from ftlab import tree
+from ftlab.models.configs import BertConfig, GPT2Config, LlamaConfig, ModelConfig, config_from_hf, family
+from ftlab.models.heads import HEADS, POOLINGS, TaskModel
+
+__all__ = [
+    "BertConfig",
+    "GPT2Config",
+    "LlamaConfig",
+    "ModelConfig",
+    "TaskModel",
+    "build_model",
+    "config_from_hf",
+    "family",
+    "init_params",
+    "initializer_for",
+]
+
+
+def build_model(
+    config: ModelConfig, head: str | None = None, num_labels: int = 2, pooling: str = "default"
+) -> nn.Module:
+    """The task model for `config`. head in (None, 'sequence_classification', 'token_classification',
+    'masked_lm', 'causal_lm'); pooling in ('default', 'pooler', 'cls', 'mean', 'last')."""
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose from {HEADS}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose from {POOLINGS}")
+    fam = family(config)
+    if head == "masked_lm" and fam != "bert":
+        raise ValueError(f"head 'masked_lm' needs the bert family, got {fam}")
+    if head == "causal_lm" and fam == "bert":
+        raise ValueError("head 'causal_lm' needs a decoder (llama or gpt2), got bert")
+    return TaskModel(config, head, num_labels, pooling)
+
+
+def initializer_for(path: str, shape: Sequence[int], config: ModelConfig, rng: jax.Array) -> jax.Array:
+    """Fresh float32 value for the leaf at `path`, as the model (and HF's `_init_weights`) initialises it:
+    kernel/embedding ~ N(0, initializer_range), bias 0, norm scale 1; GPT-2's residual projections
+    (`c_proj`) use std / sqrt(2 n_layer) as HF does."""
+    leaf = path.rsplit("/", 1)[-1]
+    if leaf in ("kernel", "embedding"):
+        std = config.initializer_range
+        if isinstance(config, GPT2Config) and path.endswith("c_proj/kernel"):
+            std = std / np.sqrt(2 * config.n_layer)
+        return std * jax.random.normal(rng, tuple(shape), jnp.float32)
+    if leaf == "bias":
+        return jnp.zeros(tuple(shape), jnp.float32)
+    if leaf == "scale":
+        return jnp.ones(tuple(shape), jnp.float32)
+    raise ValueError(f"no initialiser for leaf {path!r}")
+
+
+def init_params(
+    model: nn.Module, rng: jax.Array, base_params: dict[str, Any], example_input_ids: Any
+) -> tuple[dict[str, Any], list[str]]:
+    """Full parameter tree for `model`: every leaf of base_params overlaid, the rest freshly initialised.
+
+    Raises ValueError naming the path if a base leaf does not exist in the model or its shape differs.
+    Returns (params, fresh_paths) with fresh_paths the sorted "/"-paths initialised here (e.g. the head).
+    Shapes come from `jax.eval_shape`, so no random values are drawn for leaves that base_params supplies.
+    """
+    ids = jnp.asarray(example_input_ids, jnp.int32)
+    shapes = jax.eval_shape(lambda r: model.init({"params": r, "dropout": r}, ids), rng)["params"]
+    want = tree.flatten(shapes)
+    have = tree.flatten(base_params)
+    for p, x in have.items():
+        if p not in want:
+            raise ValueError(f"base parameter {p!r} (shape {tuple(np.shape(x))}) does not exist in the model")
+        if tuple(np.shape(x)) != tuple(want[p].shape):
+            raise ValueError(
+                f"base parameter {p!r} has shape {tuple(np.shape(x))}, the model expects {tuple(want[p].shape)}"
+            )
+    out: dict[str, Any] = {}
+    fresh = []
+    for p, s in want.items():
+        if p in have:
+            out[p] = jnp.asarray(have[p], jnp.float32)
+        else:
+            key = jax.random.fold_in(rng, zlib.crc32(p.encode()))
+            out[p] = initializer_for(p, s.shape, model.config, key)
+            fresh.append(p)
+    return tree.unflatten(out), sorted(fresh)

@@ -1,0 +1,251 @@
+"""Model configs: frozen dataclasses whose fields mirror Hugging Face config names, plus ftlab fields.
+
+`BertConfig` (BERT, RoBERTa, MiniLM), `LlamaConfig` (Llama, SmolLM2, Qwen2-style q/k/v biases), `GPT2Config`.
+`Cfg.from_hf(d)` reads a Hugging Face `config.json` dict (unknown `model_type` or architecture raises naming
+it; keys ftlab does not model are ignored unless they change the computation, then they raise);
+`cfg.to_hf()` writes one that `transformers.AutoConfig.for_model(**d)` accepts.
+
+ftlab-only fields (never written to config.json): `dtype` (compute dtype, 'float32' | 'bfloat16'; params stay
+float32), `remat` (nn.remat around each layer), and for BERT `add_pooling_layer`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+FTLAB_FIELDS = ("dtype", "remat", "add_pooling_layer")
+
+BERT_ARCHITECTURES = {
+    f"{m}{s}"
+    for m in ("Bert", "Roberta")
+    for s in ("Model", "ForMaskedLM", "ForSequenceClassification", "ForTokenClassification", "ForPreTraining")
+}
+LLAMA_ARCHITECTURES = {
+    f"{m}{s}"
+    for m in ("Llama", "Qwen2")
+    for s in ("Model", "ForCausalLM", "ForSequenceClassification", "ForTokenClassification")
+}
+GPT2_ARCHITECTURES = {
+    "GPT2Model",
+    "GPT2LMHeadModel",
+    "GPT2ForSequenceClassification",
+    "GPT2ForTokenClassification",
+}
+
+
+def _check_architectures(d: dict, known: set[str], family: str) -> None:
+    for arch in d.get("architectures") or []:
+        if arch not in known:
+            raise ValueError(f"unknown architecture {arch!r} for family {family!r}; known: {sorted(known)}")
+
+
+def _pick(cls: type, d: dict, **overrides: Any) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)} - set(FTLAB_FIELDS)
+    kwargs = {k: d[k] for k in names if k in d and d[k] is not None}
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+
+def _to_hf(cfg: Any) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in FTLAB_FIELDS}
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """BERT / RoBERTa / MiniLM encoder. `model_type` 'roberta' switches position ids to HF's RoBERTa rule."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    classifier_dropout: float | None = None
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    model_type: str = "bert"
+    dtype: str = "float32"
+    remat: bool = False
+    add_pooling_layer: bool = True
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> BertConfig:
+        if d.get("model_type") not in ("bert", "roberta"):
+            raise ValueError(f"BertConfig: unknown model_type {d.get('model_type')!r} (expected bert|roberta)")
+        _check_architectures(d, BERT_ARCHITECTURES, "bert")
+        if d.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"BertConfig: position_embedding_type {d['position_embedding_type']!r} unsupported")
+        if d.get("is_decoder") or d.get("add_cross_attention"):
+            raise ValueError("BertConfig: decoder / cross-attention BERT is not supported")
+        archs = d.get("architectures") or []
+        # HF builds *ForMaskedLM / *ForTokenClassification / RobertaForSequenceClassification without a pooler.
+        pooler = not any(
+            a.endswith(("ForMaskedLM", "ForTokenClassification")) or a == "RobertaForSequenceClassification"
+            for a in archs
+        )
+        return _pick(cls, d, add_pooling_layer=pooler)
+
+    def to_hf(self) -> dict[str, Any]:
+        return _to_hf(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Llama-family decoder: RMSNorm, RoPE (+ rope_scaling llama3/linear), GQA, SwiGLU, optional biases.
+
+    `attention_bias` follows Llama (bias on q, k, v and o); model_type 'qwen2' has q/k/v biases only.
+    `rope_scaling` holds HF's rope parameters dict without `rope_theta` (None = default RoPE).
+    """
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 2048
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None
+    attention_bias: bool = False
+    attention_dropout: float = 0.0
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+    classifier_dropout: float | None = None
+    pad_token_id: int | None = None
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    model_type: str = "llama"
+    dtype: str = "float32"
+    remat: bool = False
+
+    def __post_init__(self) -> None:
+        # Derived defaults as HF sets them; object.__setattr__ because the dataclass is frozen.
+        if self.num_key_value_heads is None:
+            object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+
+    @property
+    def qkv_bias(self) -> bool:
+        return self.attention_bias or self.model_type == "qwen2"
+
+    @property
+    def o_bias(self) -> bool:
+        return self.attention_bias and self.model_type != "qwen2"
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> LlamaConfig:
+        if d.get("model_type") not in ("llama", "qwen2"):
+            raise ValueError(f"LlamaConfig: unknown model_type {d.get('model_type')!r} (expected llama|qwen2)")
+        _check_architectures(d, LLAMA_ARCHITECTURES, "llama")
+        if d.get("pretraining_tp", 1) != 1:
+            raise ValueError("LlamaConfig: pretraining_tp != 1 is not supported")
+        if d.get("model_type") == "qwen2" and d.get("use_sliding_window"):
+            raise ValueError("LlamaConfig: qwen2 use_sliding_window=True is not supported")
+        # transformers v5 writes `rope_parameters` (theta inside); v4 wrote rope_theta + rope_scaling.
+        rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
+        theta = rope.pop("rope_theta", d.get("rope_theta", 10000.0))
+        if "type" in rope and "rope_type" not in rope:
+            rope["rope_type"] = rope.pop("type")
+        scaling = None if rope.get("rope_type", "default") == "default" else rope
+        eos = d.get("eos_token_id")
+        return _pick(
+            cls,
+            d,
+            rope_theta=float(theta),
+            rope_scaling=scaling,
+            **({"eos_token_id": eos} if not isinstance(eos, list) else {"eos_token_id": tuple(eos)}),
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        d = _to_hf(self)
+        rope = {"rope_type": "default"} if self.rope_scaling is None else dict(self.rope_scaling)
+        rope["rope_theta"] = self.rope_theta
+        d["rope_parameters"] = rope
+        d.pop("rope_scaling")
+        d.pop("rope_theta")
+        if isinstance(d["eos_token_id"], tuple):
+            d["eos_token_id"] = list(d["eos_token_id"])
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    """GPT-2 decoder: learned positions, pre-LN, Conv1D weights (already [in, out]), tied LM head."""
+
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None
+    activation_function: str = "gelu_new"
+    resid_pdrop: float = 0.1
+    embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
+    summary_first_dropout: float = 0.1
+    classifier_dropout: float | None = None
+    layer_norm_epsilon: float = 1e-5
+    initializer_range: float = 0.02
+    scale_attn_weights: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = 50256
+    eos_token_id: int | None = 50256
+    model_type: str = "gpt2"
+    dtype: str = "float32"
+    remat: bool = False
+
+    @property
+    def tie_word_embeddings(self) -> bool:
+        return True
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> GPT2Config:
+        if d.get("model_type") != "gpt2":
+            raise ValueError(f"GPT2Config: unknown model_type {d.get('model_type')!r} (expected gpt2)")
+        _check_architectures(d, GPT2_ARCHITECTURES, "gpt2")
+        for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
+            if d.get(flag):
+                raise ValueError(f"GPT2Config: {flag}=True is not supported")
+        return _pick(cls, d)
+
+    def to_hf(self) -> dict[str, Any]:
+        return _to_hf(self)
+
+
+ModelConfig = BertConfig | LlamaConfig | GPT2Config
+
+
+def config_from_hf(d: dict[str, Any]) -> ModelConfig:
+    """HF config dict -> the ftlab config of its family; raises naming an unknown model_type."""
+    mt = d.get("model_type")
+    if mt in ("bert", "roberta"):
+        return BertConfig.from_hf(d)
+    if mt in ("llama", "qwen2"):
+        return LlamaConfig.from_hf(d)
+    if mt == "gpt2":
+        return GPT2Config.from_hf(d)
+    raise ValueError(f"unknown model_type {mt!r} (supported: bert, roberta, llama, qwen2, gpt2)")
+
+
+def family(config: ModelConfig) -> str:
+    """'bert' | 'llama' | 'gpt2'."""
+    if isinstance(config, BertConfig):
+        return "bert"
+    if isinstance(config, LlamaConfig):
+        return "llama"
+    if isinstance(config, GPT2Config):
+        return "gpt2"
+    raise TypeError(f"not an ftlab model config: {type(config).__name__}")

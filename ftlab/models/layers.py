@@ -1,0 +1,215 @@
+"""Building blocks shared by every ftlab model family: Dense (with the LoRA hook), Embed, norms, attention, RoPE.
+
+Parameters are always created in float32; `dtype` is the compute dtype (float32 or bfloat16). Norm statistics
+and the attention softmax are computed in float32 whatever the compute dtype, as Hugging Face does.
+
+Module deltas read the `delta` variable collection at the module path they modify. The LoRA hook lives here,
+in `Dense`, because every linear layer of every ftlab model is this `Dense`:
+
+    y = x @ kernel + bias + lora_scale * ((x @ lora_a) @ lora_b)     # W + BA is never formed
+
+Shape letters: B batch, T query length, S key length, D model width, H query heads, K key/value heads,
+G = H // K query heads per key/value head, Dh head width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    # Hugging Face names -> functions with the same numerics ("gelu" is the exact erf form).
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    """The activation called `name` in Hugging Face configs; raises naming the unknown one."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def compute_dtype(name: str) -> Any:
+    """'float32' | 'bfloat16' -> jnp dtype."""
+    if name not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {name!r}")
+    return jnp.dtype(name)
+
+
+class Dense(nn.Module):
+    """y = x @ kernel + bias, plus LoRA when the `delta` collection holds `lora_a`/`lora_b` at this path.
+
+    x: [..., in] -> y: [..., features]. kernel: [in, features] (HF Linear weight transposed).
+    delta (optional): lora_a [in, r], lora_b [r, features], lora_scale scalar (1.0 if absent).
+    """
+
+    features: int
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+    kernel_init: Initializer = nn.initializers.normal(0.02)
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        x = x.astype(self.dtype)
+        y = jnp.dot(x, kernel.astype(self.dtype))
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
+        if self.has_variable("delta", "lora_a"):
+            a = self.get_variable("delta", "lora_a").astype(self.dtype)
+            b = self.get_variable("delta", "lora_b").astype(self.dtype)
+            scale = self.get_variable("delta", "lora_scale") if self.has_variable("delta", "lora_scale") else 1.0
+            # Low-rank path as two thin matmuls: cost O((in + out) r) per token and no [in, out] temporary.
+            y = y + (jnp.asarray(scale, jnp.float32) * ((x @ a) @ b)).astype(self.dtype)
+        return y
+
+
+class Embed(nn.Module):
+    """Token/position embedding table. ids: [...] int -> [..., features]; `attend` gives tied output logits."""
+
+    num_embeddings: int
+    features: int
+    dtype: Any = jnp.float32
+    embedding_init: Initializer = nn.initializers.normal(0.02)
+
+    def setup(self) -> None:
+        self.embedding = self.param(
+            "embedding", self.embedding_init, (self.num_embeddings, self.features), jnp.float32
+        )
+
+    def __call__(self, ids: Array) -> Array:
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: Array) -> Array:
+        """x: [..., features] -> logits [..., num_embeddings] with the same (tied) table."""
+        return jnp.dot(x.astype(self.dtype), self.embedding.astype(self.dtype).T)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with params `scale`, `bias`; statistics in float32. x: [..., D] -> [..., D]."""
+
+    epsilon: float = 1e-12
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        d = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (d,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (d,), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+        return y.astype(self.dtype)
+
+
+class RMSNorm(nn.Module):
+    """Llama RMSNorm with param `scale`: normalise in float32, cast back, then scale (HF order). [..., D]."""
+
+    epsilon: float = 1e-6
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + self.epsilon)
+        return scale.astype(self.dtype) * y.astype(self.dtype)
+
+
+def padding_mask(attention_mask: Array) -> Array:
+    """[B, S] 1=real -> bool [B, 1, 1, S] (broadcast over heads and queries)."""
+    return attention_mask.astype(bool)[:, None, None, :]
+
+
+def causal_mask(q_pos: Array, k_len: int) -> Array:
+    """q_pos: [T] slot index of each query -> bool [1, 1, T, S]: key slot <= query slot."""
+    return (jnp.arange(k_len)[None, :] <= q_pos[:, None])[None, None]
+
+
+def dot_product_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: Array | None,
+    *,
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
+    scale: float | None = None,
+) -> Array:
+    """Softmax attention with grouped key/value heads (GQA/MQA when K < H).
+
+    q: [B, T, H, Dh], k/v: [B, S, K, Dh], mask: bool broadcastable to [B, H, T, S] (True = attend).
+    Returns [B, T, H, Dh] in q's dtype. Explicit einsum rather than `jax.nn.dot_product_attention`
+    because attention-probability dropout (HF's `attention_probs_dropout_prob`) needs the probabilities;
+    masked scores use finfo.min (not -inf) so a fully masked row (a pad query) stays finite, as in HF.
+    """
+    b, t, h, dh = q.shape
+    kh = k.shape[2]
+    g = h // kh
+    scale = dh**-0.5 if scale is None else scale
+    qg = q.reshape(b, t, kh, g, dh)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k).astype(jnp.float32) * scale
+    scores = scores.reshape(b, h, t, -1)
+    if mask is not None:
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0).astype(q.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs.reshape(b, kh, g, t, -1), v)
+    return out.reshape(b, t, h, dh)
+
+
+# ----------------------------------------------------------------------------------------------- RoPE
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None) -> np.ndarray:
+    """Inverse frequencies [Dh/2] (float32) as HF computes them, for rope types default, linear, llama3."""
+    inv = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
+    inv = inv.astype(np.float32)
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind == "default":
+        return inv
+    if kind == "linear":
+        # HF divides positions by the factor; dividing the frequencies is the same product.
+        return (inv / np.float32(scaling["factor"])).astype(np.float32)
+    if kind == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        low_wl, high_wl = old_len / low, old_len / high
+        wavelen = 2 * np.pi / inv
+        out = np.where(wavelen > low_wl, inv / factor, inv)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * out / factor + smooth * out
+        medium = ~(wavelen < high_wl) & ~(wavelen > low_wl)
+        return np.where(medium, smoothed, out).astype(np.float32)
+    raise ValueError(f"unsupported rope_scaling type {kind!r} (supported: default, linear, llama3)")
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray) -> Array:
+    """Rotate-half RoPE (HF layout). x: [B, T, N, Dh], positions: [B, T] int -> [B, T, N, Dh]."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]  # [B, T, Dh/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    cos, sin = jnp.cos(emb)[:, :, None, :], jnp.sin(emb)[:, :, None, :]
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x * cos.astype(x.dtype) + rotated * sin.astype(x.dtype)).astype(x.dtype)

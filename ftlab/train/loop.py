@@ -1,0 +1,433 @@
+"""The training loop: `train_and_evaluate(config, workdir)`, one function read top to bottom.
+
+Sections: 1 workdir and config  2 base model, task head, delta  3 data  4 optimizer and steps
+5 resume  6 the loop (train, log, eval, early stop, checkpoint)  7 results.
+
+The workdir ends up holding: config.json (resolved), metrics.jsonl (one JSON object per logged step or
+eval), tb/ (TensorBoard events), checkpoints/ (Orbax, atomic), delta/ (the exported δ), results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import shutil
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ftlab import config as config_lib
+from ftlab import deltas, tree
+from ftlab.checkpoint import delta_io
+from ftlab.checkpoint import train_state as ckpt
+from ftlab.train import step as step_lib
+
+# Keys that may differ between an interrupted run and its resumption without changing the trajectory.
+RESUME_IGNORED_KEYS = ("train.log_every", "train.progress")
+
+
+class WorkdirError(RuntimeError):
+    """The workdir cannot be used (not writable, full, or holds another config's run)."""
+
+
+def default_config() -> config_lib.Config:
+    """Every key a training config may set, with its default (configs start from this)."""
+    from ftlab import optim
+
+    return config_lib.Config(
+        seed=42,
+        model=config_lib.Config(
+            name="minilm",          # short name (minilm, smollm2) or a local HF folder / .gguf path
+            dtype="float32",        # compute dtype: float32 | bfloat16 (params stay float32)
+            remat=False,            # rematerialise each layer in the backward pass
+            pooling="default",      # sequence heads: default | pooler | cls | mean | last
+        ),
+        task=config_lib.Config(
+            name="sst2",            # see ftlab.tasks (glue tasks, conll2003, sst5, ...)
+            data_dir="",            # '' = $FTLAB_DATA, else the copy shipped with ftlab (sst2 only)
+            max_length=128,         # tokens after truncation
+            train_subset=0,         # >0: train on this many examples drawn with subset_seed
+            subset_seed=42,
+            eval_split="dev",
+        ),
+        delta=config_lib.Config(method="full"),  # plus the method's own keys (ftlab/deltas/<method>.py)
+        optim=config_lib.Config(**{k: v for k, v in optim.DEFAULTS.items()}),
+        train=config_lib.Config(
+            epochs=1.0,
+            max_steps=-1,           # >0 overrides epochs
+            batch_size=32,
+            eval_batch_size=128,
+            eval_every=0,           # steps between evals; 0 = at the end of every epoch
+            log_every=50,
+            checkpoint_every=500,   # steps; 0 = only at the end
+            keep_checkpoints=2,
+            early_stopping_patience=0,  # evals without improvement before stopping; 0 = off
+            pad_to_multiple_of=16,  # fewer distinct shapes = fewer compilations
+            bucket=False,           # length bucketing of training batches
+            on_nonfinite="stop",    # stop | skip (skip the update, keep going)
+            export_delta="best",    # best | final | none
+            progress=True,
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+def prepare(cfg: config_lib.Config) -> dict[str, Any]:
+    """Base model, task, head and initial params: what training, evaluation and export share."""
+    from ftlab.checkpoint import load_base
+    from ftlab.models import build_model, init_params
+    from ftlab.tasks import get_task
+
+    task = get_task(cfg.task.name)
+    base = load_base(cfg.model.name)
+    model_config = base.config
+    overrides = {k: cfg.model[k] for k in ("dtype", "remat") if hasattr(model_config, k)}
+    if overrides:
+        import dataclasses
+
+        model_config = dataclasses.replace(model_config, **overrides)
+    head = {"classification": "sequence_classification", "regression": "sequence_classification",
+            "tagging": "token_classification"}[task.kind]
+    model = build_model(model_config, head=head, num_labels=task.num_labels, pooling=cfg.model.pooling)
+    example = jnp.ones((1, 8), jnp.int32)
+    params, fresh = init_params(model, jax.random.fold_in(jax.random.key(cfg.seed), 1), base.params, example)
+    return {"task": task, "base": base, "model": model, "params": params, "fresh_paths": list(fresh)}
+
+
+def _load_split(cfg, task, tokenizer, split: str, subset: int = 0):
+    from ftlab.data.tokenize import encode
+    from ftlab.tasks import resolve_data_dir
+
+    data_dir = resolve_data_dir(task.name, cfg.task.data_dir or None)
+    examples = task.read(split, data_dir)
+    if subset and subset < len(examples):
+        idx = np.random.default_rng(cfg.task.subset_seed).permutation(len(examples))[:subset]
+        examples = [examples[i] for i in sorted(idx)]
+    return examples, encode(examples, tokenizer, task, cfg.task.max_length)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _check_workdir(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write-probe")
+        with open(probe, "w") as f:
+            f.write("x")
+        os.remove(probe)
+    except OSError as e:
+        raise WorkdirError(f"workdir {workdir} is not writable: {e.strerror}") from None
+    free = shutil.disk_usage(workdir).free
+    if free < 512 * 2**20:
+        raise WorkdirError(f"workdir {workdir}: only {free / 2**20:.0f} MiB free on its disk; "
+                           "checkpoints need more (at least 512 MiB)")
+
+
+class _Logger:
+    """metrics.jsonl + TensorBoard; only process 0 writes."""
+
+    def __init__(self, workdir: str, resume_step: int | None):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        if not self.enabled:
+            return
+        if resume_step is None:
+            open(self.path, "w").close()
+        else:  # drop what was logged after the checkpoint we resume from: it will be logged again
+            kept = []
+            if os.path.exists(self.path):
+                with open(self.path) as f:
+                    kept = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            with open(self.path + ".tmp", "w") as f:
+                f.writelines(kept)
+            os.replace(self.path + ".tmp", self.path)
+        try:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+        except ImportError:  # pragma: no cover - tensorboardX is a dependency
+            self.tb = None
+
+    def log(self, step: int, kind: str, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, "kind": kind, **values}) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(f"{kind}/{k}", v, step)
+
+    def close(self):
+        if self.enabled and self.tb is not None:
+            self.tb.close()
+
+
+def evaluate(eval_step, state: dict, base, task, enc, batch_size: int, pad_id: int, pad_multiple: int) -> dict:
+    """Metrics of the current δ on an encoded split (padded final batch; padding rows masked out)."""
+    from ftlab.data.batching import batches
+    from ftlab.tasks import metrics as metrics_lib
+
+    preds: list = []
+    loss_sum = weight = 0.0
+    for batch in batches(enc, batch_size, shuffle=False, seed=0, epoch=0, pad_id=pad_id,
+                         pad_to_multiple_of=pad_multiple, drop_remainder=False, pad_final=True):
+        out = jax.device_get(eval_step(state["train"], state["fixed"], base, batch))
+        loss_sum += float(out["loss_sum"])
+        weight += float(out["weight"])
+        keep = batch["example_mask"] > 0
+        if task.kind == "tagging":
+            for p, lab in zip(out["pred"][keep], batch["labels"][keep]):
+                preds.append(p[lab != -100].tolist())
+        else:
+            preds.extend(out["pred"][keep].tolist())
+    if task.kind == "tagging":
+        refs = [np.asarray(lab)[np.asarray(lab) != -100].tolist() for lab in enc.labels]
+    else:
+        refs = [lab.item() if hasattr(lab, "item") else lab for lab in enc.labels]
+    result = metrics_lib.compute(task, preds, refs)
+    result["loss"] = loss_sum / max(weight, 1.0)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------
+def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
+    t_start = time.time()
+    tc = cfg.train
+
+    # 1. Workdir and config -------------------------------------------------------------------------------
+    _check_workdir(workdir)
+    fingerprint = config_lib.fingerprint(cfg, ignore=RESUME_IGNORED_KEYS)
+    mngr = ckpt.manager(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints)
+    resume_step = ckpt.latest(mngr)
+    cfg_path = os.path.join(workdir, "config.json")
+    if resume_step is not None and os.path.exists(cfg_path):
+        with open(cfg_path) as f:
+            old = json.load(f)
+        if config_lib.fingerprint(old, ignore=RESUME_IGNORED_KEYS) != fingerprint:
+            diff = _config_diff(old, cfg.to_dict())
+            raise WorkdirError(
+                f"{workdir} holds a checkpoint (step {resume_step}) of a different config; refusing to resume. "
+                f"Differences: {diff}. Use a new --workdir or delete {os.path.join(workdir, 'checkpoints')}.")
+    with open(cfg_path + ".tmp", "w") as f:
+        json.dump(cfg.to_dict(), f, indent=2)
+    os.replace(cfg_path + ".tmp", cfg_path)
+
+    # 2. Base model, task head, delta ---------------------------------------------------------------------
+    prep = prepare(cfg)
+    task, base, model, params = prep["task"], prep["base"], prep["model"], prep["params"]
+    delta_cfg = dict(cfg.delta)
+    method = delta_cfg.pop("method")
+    delta_mod = deltas.get(method)
+    delta_cfg = deltas.check_config(delta_mod, delta_cfg)
+    rng = jax.random.key(cfg.seed)
+    delta = delta_mod.init(jax.random.fold_in(rng, 2), params, delta_cfg)
+    missing_fresh = [p for p in prep["fresh_paths"] if p not in tree.flatten(delta)]
+    if missing_fresh and method != "full":
+        raise ValueError(f"freshly initialised parameters {missing_fresh[:5]} are not part of δ "
+                         f"(method {method}): they would be lost when δ is saved alone")
+    train_params, fixed_params = tree.split(delta, delta_mod.trainable(delta))
+    n_train = tree.count(train_params)
+    n_total = tree.count(params)
+
+    # 3. Data -----------------------------------------------------------------------------------------------
+    from ftlab.data.batching import batches, num_batches
+
+    tokenizer = base.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    _, train_enc = _load_split(cfg, task, tokenizer, "train", cfg.task.train_subset)
+    _, eval_enc = _load_split(cfg, task, tokenizer, cfg.task.eval_split)
+    steps_per_epoch = num_batches(len(train_enc), tc.batch_size, drop_remainder=True)
+    if steps_per_epoch == 0:
+        raise ValueError(f"train set has {len(train_enc)} examples, fewer than one batch of {tc.batch_size}")
+    total_steps = tc.max_steps if tc.max_steps > 0 else int(math.ceil(tc.epochs * steps_per_epoch))
+    eval_every = tc.eval_every or steps_per_epoch
+
+    # 4. Optimizer and steps --------------------------------------------------------------------------------
+    from ftlab import optim
+    from ftlab.deltas.subset import num_layers
+
+    tx, lr_schedule = optim.build(dict(cfg.optim), train_params, total_steps, num_layers(params))
+    state = {
+        "step": jnp.zeros([], jnp.int32),
+        "train": train_params,
+        "fixed": fixed_params,
+        "opt_state": tx.init(train_params),
+        "rng": jax.random.key_data(jax.random.fold_in(rng, 3)),  # raw uint32 key data: Orbax saves it
+    }
+    train_step = step_lib.make_train_step(model, delta_mod, tx, task.kind, tc.on_nonfinite)
+    eval_step = step_lib.make_eval_step(model, delta_mod, task.kind)
+    base_params = params  # θ₀ (with the fresh head's initial values); never donated, never updated
+
+    # 5. Resume ---------------------------------------------------------------------------------------------
+    meta = {"best_score": None, "best_step": None, "bad_evals": 0, "best_metrics": None}
+    if resume_step is not None:
+        state, meta = ckpt.restore(mngr, resume_step, state)
+        print(f"[ftlab] resumed from {workdir}/checkpoints/{resume_step}", file=sys.stderr)
+    start_step = int(state["step"])
+    best_delta = None
+    if meta.get("best_step") is not None and os.path.isdir(os.path.join(workdir, "best_delta")):
+        _, _, best_delta = delta_io.load(os.path.join(workdir, "best_delta"), params, base.hash)
+
+    logger = _Logger(workdir, resume_step)
+    if jax.process_index() == 0 and resume_step is None:
+        print(f"[ftlab] task {task.name} ({task.kind}), model {cfg.model.name}, delta {method}: "
+              f"{n_train:,} trainable of {n_total:,} parameters ({100 * n_train / n_total:.3f}%); "
+              f"{len(train_enc):,} train / {len(eval_enc):,} {cfg.task.eval_split} examples; "
+              f"{total_steps} steps", file=sys.stderr)
+
+    # 6. The loop -------------------------------------------------------------------------------------------
+    progress = _progress(total_steps, start_step, tc.progress)
+    step = start_step
+    stopped_early = False
+    train_time = 0.0
+    timed_steps = 0
+    last_eval: dict | None = None
+    window: list = []
+    epoch = step // steps_per_epoch
+    while step < total_steps and not stopped_early:
+        it = batches(train_enc, tc.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, pad_id=pad_id,
+                     pad_to_multiple_of=tc.pad_to_multiple_of, bucket=tc.bucket, drop_remainder=True,
+                     pad_final=False, process_index=jax.process_index(), process_count=jax.process_count())
+        for i, batch in enumerate(it):
+            if epoch * steps_per_epoch + i < step:  # resuming inside this epoch: skip what was trained
+                continue
+            if step >= total_steps:
+                break
+            t0 = time.perf_counter()
+            state, m = train_step(state, base_params, batch)
+            window.append(m)
+            step += 1
+            if step % tc.log_every == 0 or step == total_steps:
+                host = jax.device_get(window)
+                window = []
+                if not all(bool(x["finite"]) for x in host) and tc.on_nonfinite == "stop":
+                    raise FloatingPointError(f"non-finite loss or gradient at or before step {step}; "
+                                             "lower the learning rate or set train.on_nonfinite=skip")
+                values = {"loss": float(np.mean([x["loss"] for x in host])),
+                          "grad_norm": float(np.mean([x["grad_norm"] for x in host])),
+                          "lr": float(lr_schedule(step - 1)), "epoch": step / steps_per_epoch}
+                if "penalty" in host[0]:
+                    values["penalty"] = float(np.mean([x["penalty"] for x in host]))
+                logger.log(step, "train", values)
+                progress.set_postfix(loss=f"{values['loss']:.4f}")
+            if step > start_step + 1:  # exclude the compiling first step
+                train_time += time.perf_counter() - t0
+                timed_steps += 1
+            progress.update(1)
+
+            if step % eval_every == 0 or step == total_steps:
+                last_eval = evaluate(eval_step, state, base_params, task, eval_enc, tc.eval_batch_size, pad_id,
+                                     tc.pad_to_multiple_of)
+                logger.log(step, "eval", last_eval)
+                score = last_eval[task.main_metric]
+                if meta["best_score"] is None or score > meta["best_score"]:
+                    meta.update(best_score=score, best_step=step, bad_evals=0, best_metrics=last_eval)
+                    best_delta = jax.device_get(tree.merge(state["train"], state["fixed"]))
+                    if tc.export_delta == "best" and jax.process_index() == 0:
+                        delta_io.save(os.path.join(workdir, "best_delta"), method, delta_cfg, best_delta,
+                                      base.source, base.hash, {"step": step})
+                else:
+                    meta["bad_evals"] += 1
+                progress.write(f"[ftlab] step {step}: {cfg.task.eval_split} "
+                               + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()))
+                if tc.early_stopping_patience and meta["bad_evals"] >= tc.early_stopping_patience:
+                    progress.write(f"[ftlab] early stopping: no improvement of {task.main_metric} in "
+                                   f"{meta['bad_evals']} evals")
+                    stopped_early = True
+            if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == total_steps or stopped_early:
+                ckpt.save(mngr, step, state, {**meta, "fingerprint": fingerprint})
+            if stopped_early:
+                break
+        epoch += 1
+    progress.close()
+    logger.close()
+
+    # 7. Results --------------------------------------------------------------------------------------------
+    final_delta = jax.device_get(tree.merge(state["train"], state["fixed"]))
+    export = best_delta if (tc.export_delta == "best" and best_delta is not None) else final_delta
+    delta_meta = {}
+    if tc.export_delta != "none" and jax.process_index() == 0:
+        delta_meta = delta_io.save(os.path.join(workdir, "delta"), method, delta_cfg, export, base.source,
+                                   base.hash, {"step": meta["best_step"] if tc.export_delta == "best" else step,
+                                               "task": task.name})
+    results = {
+        "config": cfg.to_dict(),
+        "task": task.name,
+        "method": method,
+        "model": cfg.model.name,
+        "base_hash": base.hash,
+        "metrics": last_eval,
+        "best_metrics": meta["best_metrics"],
+        "best_step": meta["best_step"],
+        "main_metric": task.main_metric,
+        "trainable_params": n_train,
+        "total_params": n_total,
+        "trainable_fraction": n_train / n_total,
+        "delta_bytes": delta_meta.get("array_bytes", tree.nbytes(delta_mod.to_disk(export))),
+        "delta_file_bytes": delta_meta.get("file_bytes"),
+        "train_steps": step,
+        "train_examples": len(train_enc),
+        "steps_per_second": timed_steps / train_time if train_time > 0 else None,
+        "peak_rss_mb": _peak_rss_mb(),
+        "seed": cfg.seed,
+        "stopped_early": stopped_early,
+        "wall_seconds": time.time() - t_start,
+        "jax_version": jax.__version__,
+        "device": jax.devices()[0].device_kind,
+    }
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "results.json.tmp"), "w") as f:
+            json.dump(results, f, indent=2, default=float)
+        os.replace(os.path.join(workdir, "results.json.tmp"), os.path.join(workdir, "results.json"))
+    return results
+
+
+def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_diff(a, b, key)
+        elif a != b and key not in RESUME_IGNORED_KEYS:
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled or jax.process_index() != 0,
+                dynamic_ncols=True, unit="step", mininterval=1.0 if sys.stderr.isatty() else 30.0,
+                file=sys.stderr)
+
+
+def apply_variant(cfg: config_lib.Config, variant: str | None, variants: dict[str, dict[str, Any]]) -> config_lib.Config:
+    """Apply a config file's named variant: {'variant': {'dotted.key': value}}; 'runlocal' is always there.
+
+    `runlocal` (every config has it) trains a few steps on a small subset so that the whole pipeline of
+    that experiment runs in well under a minute on a CPU.
+    """
+    variants = {"runlocal": {"task.train_subset": 256, "train.max_steps": 8, "train.eval_every": 8,
+                             "train.log_every": 4, "train.checkpoint_every": 4, "train.batch_size": 16},
+                **variants}
+    if variant is None:
+        return cfg
+    if variant not in variants:
+        raise config_lib.ConfigError(f"unknown variant {variant!r} (available: {', '.join(sorted(variants))})")
+    for dotted, value in variants[variant].items():
+        parent, _, leaf = dotted.rpartition(".")
+        node = cfg.get_path(parent) if parent else cfg
+        if leaf not in node and not parent.startswith("delta"):
+            raise config_lib.ConfigError(f"variant {variant!r} sets unknown key {dotted!r}")
+        node[leaf] = value
+    return cfg

@@ -1,0 +1,88 @@
+"""The pure train and eval steps.
+
+State (a dict, donated to the step so its buffers are reused in place):
+  step      int32 scalar
+  train     trainable leaves of δ (the only thing differentiated and given optimizer state)
+  fixed     non-trainable leaves of δ (e.g. a fixed sparse mask, a Fastfood seed)
+  opt_state optax state over `train`
+  rng       base PRNG key; the step's key is fold_in(rng, step), so a resumed run draws the same numbers
+θ₀ (`base`) is a separate, never-donated argument: it is read, never written, and never differentiated,
+so frozen weights cost no weight-gradient compute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from ftlab import tree
+from ftlab.train import losses
+
+
+def model_inputs(batch: dict) -> dict:
+    kw = {"attention_mask": batch["attention_mask"]}
+    if "token_type_ids" in batch:
+        kw["token_type_ids"] = batch["token_type_ids"]
+    return kw
+
+
+def make_loss_fn(model: nn.Module, delta_mod: ModuleType, kind: str) -> Callable:
+    penalty = getattr(delta_mod, "penalty", None)
+
+    def loss_fn(train, fixed, base, batch, rng):
+        delta = tree.merge(train, fixed) if fixed else train
+        variables = delta_mod.apply(base, delta)
+        logits = model.apply(variables, batch["input_ids"], deterministic=False, rngs={"dropout": rng},
+                             **model_inputs(batch))
+        loss, aux = losses.compute(kind, logits, batch)
+        if penalty is not None:  # e.g. diff pruning's expected-L0 term
+            reg = penalty(delta)
+            aux["penalty"] = reg
+            loss = loss + reg
+        return loss, aux
+
+    return loss_fn
+
+
+def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientTransformation, kind: str,
+                    on_nonfinite: str = "stop") -> Callable:
+    """jit(step)(state, base, batch) -> (state, metrics); `state` is donated."""
+    loss_fn = make_loss_fn(model, delta_mod, kind)
+
+    def train_step(state: dict, base: Any, batch: dict) -> tuple[dict, dict]:
+        rng = jax.random.fold_in(state["rng"], state["step"])
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["train"], state["fixed"], base, batch, rng)
+        gnorm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["train"])
+        new_train = optax.apply_updates(state["train"], updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+        if on_nonfinite == "skip":  # keep the previous δ and optimizer state for this step
+            keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
+            new_train, opt_state = keep(new_train, state["train"]), keep(opt_state, state["opt_state"])
+        new_state = {**state, "step": state["step"] + 1, "train": new_train, "opt_state": opt_state}
+        metrics = {"loss": loss, "grad_norm": gnorm, "finite": finite}
+        if "penalty" in aux:
+            metrics["penalty"] = aux["penalty"]
+        return new_state, metrics
+
+    return jax.jit(train_step, donate_argnums=(0,))
+
+
+def make_eval_step(model: nn.Module, delta_mod: ModuleType, kind: str) -> Callable:
+    """jit(eval)(train, fixed, base, batch) -> {'pred', 'loss_sum', 'weight'}."""
+
+    def eval_step(train, fixed, base, batch):
+        delta = tree.merge(train, fixed) if fixed else train
+        variables = delta_mod.apply(base, delta)
+        logits = model.apply(variables, batch["input_ids"], deterministic=True, **model_inputs(batch))
+        _, aux = losses.compute(kind, logits, batch)
+        return {"pred": losses.predictions(kind, logits), **aux}
+
+    return jax.jit(eval_step)
