@@ -13,3 +13,18 @@ _os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 _os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 __version__ = "0.1.0"
+
+
+def _enable_compilation_cache() -> None:
+    """Persist XLA executables across processes (resumes, evals, test runs): compiling a train step costs
+    tens of seconds on a small CPU. FTLAB_COMPILATION_CACHE='' turns it off."""
+    path = _os.environ.get("FTLAB_COMPILATION_CACHE", _os.path.expanduser("~/.cache/ftlab/jax"))
+    if not path:
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+
+
+_enable_compilation_cache()

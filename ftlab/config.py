@@ -72,10 +72,20 @@ def all_keys(cfg: Mapping[str, Any], prefix: str = "") -> list[str]:
 
 def _unknown_key_message(key: str, node: Mapping[str, Any], where: str) -> str:
     full = f"{where}.{key}" if where else key
-    close = difflib.get_close_matches(key, [str(k) for k in node.keys()], n=1, cutoff=0.5)
-    hint = f"; did you mean '{(where + '.') if where else ''}{close[0]}'?" if close else ""
+    close = closest(key, [str(k) for k in node.keys()])
+    hint = f"; did you mean '{(where + '.') if where else ''}{close}'?" if close else ""
     valid = ", ".join(sorted(str(k) for k in node.keys()))
     return f"unknown config key '{full}'{hint} (valid keys here: {valid})"
+
+
+def closest(key: str, valid: list[str]) -> str | None:
+    """The valid key a user most likely meant: initials ('learning_rate' -> 'lr'), else the nearest spelling."""
+    initials = "".join(w[0] for w in key.split("_") if w)
+    for k in valid:
+        if len(initials) > 1 and k == initials:
+            return k
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    return close[0] if close else None
 
 
 def load(spec: str) -> Config:

@@ -24,8 +24,15 @@ class DeltaError(ValueError):
     """A stored delta that does not fit the base or is damaged."""
 
 
-def save(directory: str, method: str, config: Mapping[str, Any], delta: Any, base_source: str, base_hash: str,
-         extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def save(
+    directory: str,
+    method: str,
+    config: Mapping[str, Any],
+    delta: Any,
+    base_source: str,
+    base_hash: str,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write δ; returns the metadata written (with `array_bytes` = Σ bytes of the stored arrays)."""
     module = deltas.get(method)
     arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in module.to_disk(delta).items()}
@@ -76,6 +83,7 @@ def load(directory: str, base_params: Any, base_hash: str | None) -> tuple[str, 
     if base_hash is not None and meta.get("base_hash") != base_hash:
         raise DeltaError(
             f"{directory}: this delta was trained on base {meta.get('base_source')} with hash "
-            f"{meta.get('base_hash')}, but the base given has hash {base_hash}; refusing to apply it")
+            f"{meta.get('base_hash')}, but the base given has hash {base_hash}; refusing to apply it"
+        )
     module = deltas.get(meta["method"])
     return meta["method"], meta["config"], module.from_disk(arrays, base_params, meta["config"])

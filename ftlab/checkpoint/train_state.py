@@ -20,14 +20,18 @@ class CheckpointError(RuntimeError):
 
 
 def manager(directory: str, keep: int = 2) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
-                                           cleanup_tmp_directories=True)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=False, cleanup_tmp_directories=True
+    )
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-              force=True)
+    mngr.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        force=True,
+    )
     mngr.wait_until_finished()
 
 
@@ -40,9 +44,13 @@ def restore(mngr: ocp.CheckpointManager, step: int, like_state: Any) -> tuple[An
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like_state)
     path = os.path.join(str(mngr.directory), str(step))
     try:
-        out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                         meta=ocp.args.JsonRestore()))
+        out = mngr.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()),
+        )
     except Exception as e:  # orbax raises many types for damaged files; name the directory
-        raise CheckpointError(f"checkpoint {path} is corrupt or partial and cannot be restored: "
-                              f"{type(e).__name__}: {str(e)[:300]}") from e
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or partial and cannot be restored: "
+            f"{type(e).__name__}: {str(e)[:300]}"
+        ) from e
     return out["state"], out["meta"]

@@ -5,8 +5,20 @@ Submodules: `readers` (TSV/CSV/JSONL/text/CoNLL formats), `paths` (data root res
 `tfds_source` (tensorflow-datasets via ArrayRecord, no TensorFlow). Task meaning lives in `ftlab/tasks`.
 """
 
+from ftlab.data.batching import batches, num_batches, pack_sequences, packed_lm_batches
 from ftlab.data.errors import DataError
 from ftlab.data.paths import resolve_data_dir
 from ftlab.data.readers import read_text
+from ftlab.data.tokenize import Encoded, encode
 
-__all__ = ["DataError", "read_text", "resolve_data_dir"]
+__all__ = [
+    "DataError",
+    "Encoded",
+    "batches",
+    "encode",
+    "num_batches",
+    "pack_sequences",
+    "packed_lm_batches",
+    "read_text",
+    "resolve_data_dir",
+]

@@ -113,7 +113,7 @@ def read_csv(path: str, *, encoding: str = "utf-8") -> tuple[list[str], list[tup
             raise DataError(
                 f"{path}:{start}: expected {len(header)} CSV columns (header {header}), found {len(fields)}"
             )
-        rows.append((start, dict(zip(header, fields))))
+        rows.append((start, dict(zip(header, fields, strict=True))))
     return header, rows
 
 
@@ -138,7 +138,7 @@ def read_jsonl(path: str, *, encoding: str = "utf-8") -> list[tuple[int, dict]]:
             continue
         try:
             obj = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, huge ints, deep nesting
             raise DataError(f"{path}:{i + 1}: invalid JSON ({e.__class__.__name__}: {e})") from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{i + 1}: expected a JSON object per line, found {type(obj).__name__}")

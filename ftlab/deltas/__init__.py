@@ -25,6 +25,7 @@ from types import ModuleType
 from typing import Any
 
 from ftlab import tree
+from ftlab.config import closest
 
 
 def available() -> list[str]:
@@ -48,8 +49,8 @@ def check_config(module: ModuleType, config: Mapping[str, Any]) -> dict[str, Any
         if k == "method":
             continue
         if k not in module.DEFAULTS:
-            close = difflib.get_close_matches(k, list(module.DEFAULTS), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            close = closest(k, list(module.DEFAULTS))
+            hint = f"; did you mean '{close}'?" if close else ""
             raise ValueError(
                 f"delta '{module.__name__.rsplit('.', 1)[-1]}': unknown config key '{k}'{hint} "
                 f"(valid: {', '.join(sorted(module.DEFAULTS))})"

@@ -56,7 +56,9 @@ class BertEmbeddings(nn.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         x = words(input_ids)
         x = x + Embed(c.max_position_embeddings, c.hidden_size, dt, init, name="position_embeddings")(pos_ids)
-        x = x + Embed(c.type_vocab_size, c.hidden_size, dt, init, name="token_type_embeddings")(token_type_ids)
+        x = x + Embed(c.type_vocab_size, c.hidden_size, dt, init, name="token_type_embeddings")(
+            token_type_ids
+        )
         x = LayerNorm(c.layer_norm_eps, dt, name="LayerNorm")(x)
         x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=self.deterministic)
         return x, words.embedding

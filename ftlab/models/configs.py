@@ -12,6 +12,7 @@ float32), `remat` (nn.remat around each layer), and for BERT `add_pooling_layer`
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 FTLAB_FIELDS = ("dtype", "remat", "add_pooling_layer")
@@ -79,10 +80,14 @@ class BertConfig:
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> BertConfig:
         if d.get("model_type") not in ("bert", "roberta"):
-            raise ValueError(f"BertConfig: unknown model_type {d.get('model_type')!r} (expected bert|roberta)")
+            raise ValueError(
+                f"BertConfig: unknown model_type {d.get('model_type')!r} (expected bert|roberta)"
+            )
         _check_architectures(d, BERT_ARCHITECTURES, "bert")
         if d.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError(f"BertConfig: position_embedding_type {d['position_embedding_type']!r} unsupported")
+            raise ValueError(
+                f"BertConfig: position_embedding_type {d['position_embedding_type']!r} unsupported"
+            )
         if d.get("is_decoder") or d.get("add_cross_attention"):
             raise ValueError("BertConfig: decoder / cross-attention BERT is not supported")
         archs = d.get("architectures") or []
@@ -137,6 +142,10 @@ class LlamaConfig:
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
 
+    def __hash__(self) -> int:
+        # rope_scaling is a dict; hash the HF form so configs (and modules holding them) can be jit-static.
+        return hash(json.dumps(self.to_hf(), sort_keys=True))
+
     @property
     def qkv_bias(self) -> bool:
         return self.attention_bias or self.model_type == "qwen2"
@@ -148,7 +157,9 @@ class LlamaConfig:
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> LlamaConfig:
         if d.get("model_type") not in ("llama", "qwen2"):
-            raise ValueError(f"LlamaConfig: unknown model_type {d.get('model_type')!r} (expected llama|qwen2)")
+            raise ValueError(
+                f"LlamaConfig: unknown model_type {d.get('model_type')!r} (expected llama|qwen2)"
+            )
         _check_architectures(d, LLAMA_ARCHITECTURES, "llama")
         if d.get("pretraining_tp", 1) != 1:
             raise ValueError("LlamaConfig: pretraining_tp != 1 is not supported")

@@ -96,7 +96,11 @@ class Head(nn.Module):
         if self.head == "sequence_classification":
             how = self.pooling
             if fam == "bert" and c.model_type == "roberta":
-                x = out["pooled"] if how == "pooler" else pool(hidden, attention_mask, "cls" if how == "default" else how)
+                x = (
+                    out["pooled"]
+                    if how == "pooler"
+                    else pool(hidden, attention_mask, "cls" if how == "default" else how)
+                )
                 x = drop(x, deterministic=deterministic)
                 x = jnp.tanh(Dense(c.hidden_size, True, dt, init, name="dense")(x))
                 x = drop(x, deterministic=deterministic)
@@ -183,7 +187,9 @@ class TaskModel(nn.Module):
             out = backbone(input_ids, attention_mask, token_type_ids, deterministic)
             new_cache = None
         else:
-            out, new_cache = backbone(input_ids, attention_mask, deterministic, position_ids, cache, cache_index)
+            out, new_cache = backbone(
+                input_ids, attention_mask, deterministic, position_ids, cache, cache_index
+            )
         if self.head is None:
             result = out["hidden"].astype(jnp.float32)
         else:

@@ -46,10 +46,15 @@ def activation(name: str) -> Callable[[Array], Array]:
 
 
 def compute_dtype(name: str) -> Any:
-    """'float32' | 'bfloat16' -> jnp dtype."""
-    if name not in ("float32", "bfloat16"):
+    """'float32' | 'bfloat16' -> jnp dtype ('float64' too, for numerical reference tests under jax_enable_x64)."""
+    if name not in ("float32", "bfloat16", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {name!r}")
     return jnp.dtype(name)
+
+
+def _stat_dtype(dtype: Any) -> Any:
+    # Norm statistics and softmax run in at least float32 (bfloat16 compute would lose too much there).
+    return jnp.promote_types(dtype, jnp.float32)
 
 
 class Dense(nn.Module):
@@ -75,7 +80,9 @@ class Dense(nn.Module):
         if self.has_variable("delta", "lora_a"):
             a = self.get_variable("delta", "lora_a").astype(self.dtype)
             b = self.get_variable("delta", "lora_b").astype(self.dtype)
-            scale = self.get_variable("delta", "lora_scale") if self.has_variable("delta", "lora_scale") else 1.0
+            scale = (
+                self.get_variable("delta", "lora_scale") if self.has_variable("delta", "lora_scale") else 1.0
+            )
             # Low-rank path as two thin matmuls: cost O((in + out) r) per token and no [in, out] temporary.
             y = y + (jnp.asarray(scale, jnp.float32) * ((x @ a) @ b)).astype(self.dtype)
         return y
@@ -113,7 +120,7 @@ class LayerNorm(nn.Module):
         d = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (d,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (d,), jnp.float32)
-        x32 = x.astype(jnp.float32)
+        x32 = x.astype(_stat_dtype(x.dtype))
         mean = x32.mean(-1, keepdims=True)
         var = jnp.square(x32 - mean).mean(-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
@@ -129,7 +136,7 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
-        x32 = x.astype(jnp.float32)
+        x32 = x.astype(_stat_dtype(x.dtype))
         y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + self.epsilon)
         return scale.astype(self.dtype) * y.astype(self.dtype)
 
@@ -166,10 +173,10 @@ def dot_product_attention(
     g = h // kh
     scale = dh**-0.5 if scale is None else scale
     qg = q.reshape(b, t, kh, g, dh)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k).astype(jnp.float32) * scale
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k).astype(_stat_dtype(q.dtype)) * scale
     scores = scores.reshape(b, h, t, -1)
     if mask is not None:
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
     if dropout_rate > 0.0 and dropout_rng is not None:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)

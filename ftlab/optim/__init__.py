@@ -128,11 +128,11 @@ def build(
     """(optimizer over the trainable tree, base lr schedule for logging)."""
     unknown = set(cfg) - set(DEFAULTS)
     if unknown:
-        import difflib
+        from ftlab.config import closest
 
         k = sorted(unknown)[0]
-        close = difflib.get_close_matches(k, list(DEFAULTS), n=1)
-        raise ValueError(f"unknown config key 'optim.{k}'" + (f"; did you mean 'optim.{close[0]}'?" if close else ""))
+        close = closest(k, list(DEFAULTS))
+        raise ValueError(f"unknown config key 'optim.{k}'" + (f"; did you mean 'optim.{close}'?" if close else ""))
     cfg = {**DEFAULTS, **cfg}
     mult = lr_multipliers(trainable_params, cfg, num_layers)
     labels_flat = {p: f"x{m:.6g}" for p, m in mult.items()}

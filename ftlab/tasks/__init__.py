@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ftlab.data.errors import DataError
-from ftlab.data.paths import resolve_data_dir
+from ftlab.data.paths import resolve_data_dir  # re-exported: `from ftlab.tasks import resolve_data_dir`
 
 KINDS = ("classification", "regression", "tagging")
 
@@ -93,6 +93,8 @@ class Task:
 
     def read(self, split: str, data_dir: str | None = None) -> list[dict[str, Any]]:
         """Examples of `split` read from `data_dir` (None: `$FTLAB_DATA`, or the shipped copy for sst2)."""
+        if self.reader == "tfds":  # no files: tfds resolves its own paths under data_dir
+            return importlib.import_module("ftlab.tasks.tfds").read(self, split, data_dir)
         from ftlab.tasks import readers  # readers import Task for type hints only; import here avoids a cycle
 
         return getattr(readers, self.reader)(self.path(split, data_dir), self, split)
@@ -128,7 +130,16 @@ _ENTAIL = ("entailment", "not_entailment")
 CONLL_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
 
 
-def _glue(name, dirs, columns, label_names, metrics=("accuracy",), kind="classification", splits=None, reader="glue_tsv"):
+def _glue(
+    name: str,
+    dirs: tuple[str, ...],
+    columns: tuple[str | None, ...],
+    label_names: tuple[str, ...],
+    metrics: tuple[str, ...] = ("accuracy",),
+    kind: str = "classification",
+    splits: dict[str, str] | None = None,
+    reader: str = "glue_tsv",
+) -> Task:
     return Task(
         name=name,
         kind=kind,
@@ -146,11 +157,29 @@ TASKS: dict[str, Task] = {
     # GLUE (Wang et al. 2019), published TSV formats; columns are looked up by header name.
     "sst2": _glue("sst2", ("sst2", "SST-2"), ("sentence", None, "label"), ("0", "1")),
     # CoLA train/dev have no header (source, label, original mark, sentence); test has "index sentence".
-    "cola": _glue("cola", ("cola", "CoLA"), ("sentence", None, "label"), ("0", "1"), ("matthews_corr",), reader="cola_tsv"),
+    "cola": _glue(
+        "cola",
+        ("cola", "CoLA"),
+        ("sentence", None, "label"),
+        ("0", "1"),
+        ("matthews_corr",),
+        reader="cola_tsv",
+    ),
     # MRPC's first line starts with a UTF-8 BOM; the label column is called "Quality".
-    "mrpc": _glue("mrpc", ("mrpc", "MRPC"), ("#1 String", "#2 String", "Quality"), ("0", "1"), ("f1", "accuracy")),
-    "stsb": _glue("stsb", ("stsb", "STS-B"), ("sentence1", "sentence2", "score"), (), ("pearson", "spearman"), "regression"),
-    "qqp": _glue("qqp", ("qqp", "QQP"), ("question1", "question2", "is_duplicate"), ("0", "1"), ("f1", "accuracy")),
+    "mrpc": _glue(
+        "mrpc", ("mrpc", "MRPC"), ("#1 String", "#2 String", "Quality"), ("0", "1"), ("f1", "accuracy")
+    ),
+    "stsb": _glue(
+        "stsb",
+        ("stsb", "STS-B"),
+        ("sentence1", "sentence2", "score"),
+        (),
+        ("pearson", "spearman"),
+        "regression",
+    ),
+    "qqp": _glue(
+        "qqp", ("qqp", "QQP"), ("question1", "question2", "is_duplicate"), ("0", "1"), ("f1", "accuracy")
+    ),
     # Label order as in Hugging Face's GLUE processors (contradiction, entailment, neutral). "dev" is an alias of
     # dev_matched, the split the GLUE leaderboard's MNLI-m number and most papers' dev scores use.
     "mnli": _glue(
@@ -288,7 +317,9 @@ def make_user_task(
         if p is not None:
             paths[split] = p
     if not paths:
-        raise ValueError(f"user task {name!r}: give at least one file (path_train=..., or paths={{split: path}})")
+        raise ValueError(
+            f"user task {name!r}: give at least one file (path_train=..., or paths={{split: path}})"
+        )
     if not 1 <= len(text_fields) <= 2:
         raise ValueError(f"user task {name!r}: text_fields must name 1 or 2 fields, got {text_fields}")
     if kind == "tagging" and len(text_fields) != 1:
@@ -298,7 +329,9 @@ def make_user_task(
         stem = p[:-3] if p.endswith(".gz") else p
         formats.add(file_format or os.path.splitext(stem)[1].lstrip("."))
     if len(formats) != 1 or next(iter(formats)) not in ("jsonl", "csv", "tsv"):
-        raise ValueError(f"user task {name!r}: files must all be .jsonl, .csv or .tsv (got {sorted(formats)})")
+        raise ValueError(
+            f"user task {name!r}: files must all be .jsonl, .csv or .tsv (got {sorted(formats)})"
+        )
     fmt = formats.pop()
     if kind == "tagging" and fmt != "jsonl":
         raise ValueError(f"user task {name!r}: tagging data must be JSONL (tokens and tags lists)")
@@ -317,7 +350,17 @@ def make_user_task(
     )
 
 
-_USER_KEYS = {"name", "kind", "splits", "text_fields", "label_field", "label_names", "metrics", "main_metric", "encoding"}
+_USER_KEYS = {
+    "name",
+    "kind",
+    "splits",
+    "text_fields",
+    "label_field",
+    "label_names",
+    "metrics",
+    "main_metric",
+    "encoding",
+}
 
 
 def _user_task_from_dir(fmt: str, directory: str) -> Task:
@@ -335,7 +378,9 @@ def _user_task_from_dir(fmt: str, directory: str) -> Task:
         raise DataError(f"{spec_path}: invalid JSON ({e})") from None
     unknown = set(spec) - _USER_KEYS
     if unknown or "kind" not in spec or "splits" not in spec:
-        raise DataError(f"{spec_path}: needs 'kind' and 'splits'; unknown keys {sorted(unknown)} (valid: {sorted(_USER_KEYS)})")
+        raise DataError(
+            f"{spec_path}: needs 'kind' and 'splits'; unknown keys {sorted(unknown)} (valid: {sorted(_USER_KEYS)})"
+        )
     return make_user_task(
         spec.get("name", f"{fmt}:{directory}"),
         spec["kind"],

@@ -122,7 +122,7 @@ def span_prf(pred_tags: Sequence[Sequence[str]], ref_tags: Sequence[Sequence[str
     if len(pred_tags) != len(ref_tags):
         raise ValueError(f"{len(pred_tags)} predicted sentences vs {len(ref_tags)} reference sentences")
     n_pred = n_ref = n_correct = 0
-    for i, (p, r) in enumerate(zip(pred_tags, ref_tags)):
+    for i, (p, r) in enumerate(zip(pred_tags, ref_tags, strict=True)):
         if len(p) != len(r):
             raise ValueError(f"sentence {i}: {len(p)} predicted tags vs {len(r)} reference tags")
         ps, rs = entity_spans(p), entity_spans(r)
@@ -139,7 +139,9 @@ def word_level(predictions: Any, references: Any) -> tuple[list[np.ndarray], lis
     if isinstance(references, np.ndarray) and references.ndim == 2:
         predictions = np.asarray(predictions)
         keep = references != IGNORE
-        return [predictions[i][keep[i]] for i in range(len(references))], [r[k] for r, k in zip(references, keep)]
+        return [predictions[i][keep[i]] for i in range(len(references))], [
+            r[k] for r, k in zip(references, keep, strict=True)
+        ]
     return [np.asarray(p) for p in predictions], [np.asarray(r) for r in references]
 
 
@@ -162,9 +164,13 @@ def compute(task: Task, predictions: Any, references: Any) -> dict[str, float]:
     (`encode`'s labels); then tagging also reports token-level "accuracy" if asked for in `task.metrics`.
     """
     if task.kind == "tagging":
-        pred_seqs, ref_seqs = word_level(predictions, np.asarray(references) if _is_2d(references) else references)
+        pred_seqs, ref_seqs = word_level(
+            predictions, np.asarray(references) if _is_2d(references) else references
+        )
         names = task.label_names
-        out = span_prf([[names[int(t)] for t in p] for p in pred_seqs], [[names[int(t)] for t in r] for r in ref_seqs])
+        out = span_prf(
+            [[names[int(t)] for t in p] for p in pred_seqs], [[names[int(t)] for t in r] for r in ref_seqs]
+        )
         if "accuracy" in task.metrics:
             flat_p = np.concatenate(pred_seqs) if pred_seqs else np.zeros(0)
             flat_r = np.concatenate(ref_seqs) if ref_seqs else np.zeros(0)
@@ -172,7 +178,9 @@ def compute(task: Task, predictions: Any, references: Any) -> dict[str, float]:
         return {k: float(out[k]) for k in task.metrics}
     pred, ref = np.asarray(predictions), np.asarray(references)
     if pred.shape != ref.shape or pred.ndim != 1:
-        raise ValueError(f"task {task.name!r}: predictions {pred.shape} and references {ref.shape} must be [N]")
+        raise ValueError(
+            f"task {task.name!r}: predictions {pred.shape} and references {ref.shape} must be [N]"
+        )
     if ref.dtype == object:
         raise ValueError(f"task {task.name!r}: references contain None (a test split without labels?)")
     unknown = [m for m in task.metrics if m not in _SCALAR]

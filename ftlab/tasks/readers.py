@@ -59,7 +59,9 @@ def glue_tsv(path: str, task: Task, split: str) -> list[Example]:
     elif split.startswith("test"):
         label_idx = None
     else:
-        raise DataError(f"{path}:1: header {header} lacks the label column {label_col!r} (task {task.name!r})")
+        raise DataError(
+            f"{path}:1: header {header} lacks the label column {label_col!r} (task {task.name!r})"
+        )
     out = []
     for line, fields in rows:
         out.append(
@@ -201,4 +203,3 @@ def user_csv(path: str, task: Task, split: str) -> list[Example]:
 def user_tsv(path: str, task: Task, split: str) -> list[Example]:
     """A TSV file with a header naming the task's text and label columns."""
     return glue_tsv(path, task, split)
-

@@ -14,6 +14,7 @@ import math
 import os
 import resource
 import shutil
+import signal
 import sys
 import time
 from typing import Any
@@ -29,7 +30,7 @@ from ftlab.checkpoint import train_state as ckpt
 from ftlab.train import step as step_lib
 
 # Keys that may differ between an interrupted run and its resumption without changing the trajectory.
-RESUME_IGNORED_KEYS = ("train.log_every", "train.progress")
+RESUME_IGNORED_KEYS = ("train.log_every", "train.progress", "train.crash_after_checkpoint")
 
 
 class WorkdirError(RuntimeError):
@@ -68,11 +69,12 @@ def default_config() -> config_lib.Config:
             checkpoint_every=500,   # steps; 0 = only at the end
             keep_checkpoints=2,
             early_stopping_patience=0,  # evals without improvement before stopping; 0 = off
-            pad_to_multiple_of=16,  # fewer distinct shapes = fewer compilations
+            pad_to_multiple_of=32,  # fewer distinct shapes = fewer compilations (each costs 10-30 s on CPU)
             bucket=False,           # length bucketing of training batches
             on_nonfinite="stop",    # stop | skip (skip the update, keep going)
             export_delta="best",    # best | final | none
             progress=True,
+            crash_after_checkpoint=0,  # testing crash safety: SIGKILL this process right after that step's checkpoint
         ),
     )
 
@@ -100,7 +102,7 @@ def prepare(cfg: config_lib.Config) -> dict[str, Any]:
     return {"task": task, "base": base, "model": model, "params": params, "fresh_paths": list(fresh)}
 
 
-def _load_split(cfg, task, tokenizer, split: str, subset: int = 0):
+def _load_split(cfg, task, tokenizer, split: str, subset: int = 0, model_config=None):
     from ftlab.data.tokenize import encode
     from ftlab.tasks import resolve_data_dir
 
@@ -109,7 +111,8 @@ def _load_split(cfg, task, tokenizer, split: str, subset: int = 0):
     if subset and subset < len(examples):
         idx = np.random.default_rng(cfg.task.subset_seed).permutation(len(examples))[:subset]
         examples = [examples[i] for i in sorted(idx)]
-    return examples, encode(examples, tokenizer, task, cfg.task.max_length)
+    max_pos = getattr(model_config, "max_position_embeddings", None) if model_config is not None else None
+    return examples, encode(examples, tokenizer, task, cfg.task.max_length, model_max_positions=max_pos)
 
 
 def _peak_rss_mb() -> float:
@@ -243,8 +246,8 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
 
     tokenizer = base.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    _, train_enc = _load_split(cfg, task, tokenizer, "train", cfg.task.train_subset)
-    _, eval_enc = _load_split(cfg, task, tokenizer, cfg.task.eval_split)
+    _, train_enc = _load_split(cfg, task, tokenizer, "train", cfg.task.train_subset, base.config)
+    _, eval_enc = _load_split(cfg, task, tokenizer, cfg.task.eval_split, 0, base.config)
     steps_per_epoch = num_batches(len(train_enc), tc.batch_size, drop_remainder=True)
     if steps_per_epoch == 0:
         raise ValueError(f"train set has {len(train_enc)} examples, fewer than one batch of {tc.batch_size}")
@@ -345,6 +348,8 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
                     stopped_early = True
             if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == total_steps or stopped_early:
                 ckpt.save(mngr, step, state, {**meta, "fingerprint": fingerprint})
+                if tc.crash_after_checkpoint == step:
+                    os.kill(os.getpid(), signal.SIGKILL)
             if stopped_early:
                 break
         epoch += 1

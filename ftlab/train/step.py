@@ -34,10 +34,16 @@ def model_inputs(batch: dict) -> dict:
 
 def make_loss_fn(model: nn.Module, delta_mod: ModuleType, kind: str) -> Callable:
     penalty = getattr(delta_mod, "penalty", None)
+    # A stochastic delta (e.g. diff pruning's hard-concrete gates) samples with its own key in training.
+    stochastic = getattr(delta_mod, "STOCHASTIC", False)
 
     def loss_fn(train, fixed, base, batch, rng):
         delta = tree.merge(train, fixed) if fixed else train
-        variables = delta_mod.apply(base, delta)
+        if stochastic:
+            rng, delta_rng = jax.random.split(rng)
+            variables = delta_mod.apply(base, delta, rng=delta_rng, train=True)
+        else:
+            variables = delta_mod.apply(base, delta)
         logits = model.apply(variables, batch["input_ids"], deterministic=False, rngs={"dropout": rng},
                              **model_inputs(batch))
         loss, aux = losses.compute(kind, logits, batch)

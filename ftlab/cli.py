@@ -1,0 +1,193 @@
+"""The `ftlab` command: train, eval, info, export, plot.
+
+    ftlab train  --config configs/<exp>.py[:variant] --workdir DIR [--config.key=value ...]
+    ftlab eval   --workdir DIR [--split dev]              # re-evaluate the exported δ of a finished run
+    ftlab info   --workdir DIR | --config FILE[:variant]  # trainable parameters by path group, δ bytes, base hash
+    ftlab export --workdir DIR --out FOLDER               # merge δ into θ₀, write a Hugging Face folder
+    ftlab plot   --workdir DIR [DIR ...] --out FILE.png   # learning curves (train loss, dev score)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from ftlab import config as config_lib
+
+
+def _load_run(workdir: str) -> tuple[config_lib.Config, dict[str, Any], Any, Any]:
+    """(config, prepared model/task/base, delta module, δ) of a finished run's exported delta."""
+    from ftlab import deltas
+    from ftlab.checkpoint import delta_io
+    from ftlab.train.loop import prepare
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: {path} not found (is {workdir} a ftlab workdir?)")
+    with open(path) as f:
+        cfg = config_lib.Config(json.load(f))
+    prep = prepare(cfg)
+    method, _, delta = delta_io.load(os.path.join(workdir, "delta"), prep["params"], prep["base"].hash)
+    return cfg, prep, deltas.get(method), delta
+
+
+def cmd_train(argv: list[str]) -> int:
+    overrides, rest = config_lib.parse_cli_overrides(argv)
+    ap = argparse.ArgumentParser(prog="ftlab train")
+    ap.add_argument("--config", required=True, help="configs/<exp>.py[:variant]")
+    ap.add_argument("--workdir", required=True, help="output directory (created; resumed if it has a checkpoint)")
+    args = ap.parse_args(rest)
+    try:
+        cfg = config_lib.apply_overrides(config_lib.load(args.config), overrides)
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from ftlab.train.loop import train_and_evaluate
+
+    results = train_and_evaluate(cfg, args.workdir)
+    m = results["best_metrics"] or results["metrics"] or {}
+    print(json.dumps({"task": results["task"], "method": results["method"],
+                      "dev": {k: round(v, 4) for k, v in m.items()},
+                      "trainable_params": results["trainable_params"], "delta_bytes": results["delta_bytes"],
+                      "steps_per_second": results["steps_per_second"], "workdir": args.workdir}))
+    return 0
+
+
+def cmd_eval(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="ftlab eval")
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--split", default=None, help="default: the run's eval split")
+    args = ap.parse_args(argv)
+    from ftlab import tree
+    from ftlab.train import loop, step
+
+    cfg, prep, delta_mod, delta = _load_run(args.workdir)
+    split = args.split or cfg.task.eval_split
+    _, enc = loop._load_split(cfg, prep["task"], prep["base"].tokenizer, split)
+    train, fixed = tree.split(delta, delta_mod.trainable(delta))
+    eval_step = step.make_eval_step(prep["model"], delta_mod, prep["task"].kind)
+    pad = prep["base"].tokenizer.pad_token_id or 0
+    metrics = loop.evaluate(eval_step, {"train": train, "fixed": fixed}, prep["params"], prep["task"], enc,
+                            cfg.train.eval_batch_size, pad, cfg.train.pad_to_multiple_of)
+    print(json.dumps({"split": split, **{k: round(v, 6) for k, v in metrics.items()}}))
+    return 0
+
+
+def cmd_info(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="ftlab info")
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--workdir")
+    g.add_argument("--config")
+    ap.add_argument("--depth", type=int, default=4, help="path components per group")
+    args, rest = ap.parse_known_args(argv)
+    import jax
+
+    from ftlab import deltas, tree
+    from ftlab.train.loop import prepare
+
+    if args.workdir:
+        cfg, prep, delta_mod, delta = _load_run(args.workdir)
+    else:
+        overrides, _ = config_lib.parse_cli_overrides(rest)
+        cfg = config_lib.apply_overrides(config_lib.load(args.config), overrides)
+        prep = prepare(cfg)
+        dcfg = dict(cfg.delta)
+        delta_mod = deltas.get(dcfg.pop("method"))
+        delta = delta_mod.init(jax.random.key(cfg.seed), prep["params"], deltas.check_config(delta_mod, dcfg))
+    trainable, _ = tree.split(delta, delta_mod.trainable(delta))
+    total = tree.count(prep["params"])
+    groups: dict[str, int] = {}
+    for p, x in tree.flatten(trainable).items():
+        key = "/".join(p.split("/")[: args.depth])
+        groups[key] = groups.get(key, 0) + int(x.size)
+    width = max([len(k) for k in groups] + [20])
+    print(f"{'trainable path group':<{width}}  {'params':>12}")
+    for k, v in groups.items():
+        print(f"{k:<{width}}  {v:>12,}")
+    n = tree.count(trainable)
+    stored = sum(a.nbytes for a in delta_mod.to_disk(delta).values())
+    print(f"{'total trainable':<{width}}  {n:>12,}  ({100 * n / total:.4f}% of {total:,})")
+    print(f"δ bytes on disk (arrays): {stored:,}")
+    print(f"base: {prep['base'].source}  hash {prep['base'].hash}")
+    return 0
+
+
+def cmd_export(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="ftlab export")
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--out", required=True, help="folder for config.json + model.safetensors (+ tokenizer)")
+    args = ap.parse_args(argv)
+    import jax
+
+    from ftlab.checkpoint import export_hf
+
+    cfg, prep, delta_mod, delta = _load_run(args.workdir)
+    variables = delta_mod.apply(prep["params"], delta)
+    if set(variables) != {"params"}:
+        raise SystemExit(f"error: method {cfg.delta.method} adds modules at run time; merge it first "
+                         "(module deltas export in PEFT format instead)")
+    params = jax.device_get(variables["params"])
+    head = {"classification": "sequence_classification", "regression": "sequence_classification",
+            "tagging": "token_classification"}[prep["task"].kind]
+    export_hf(params, prep["model"].config if hasattr(prep["model"], "config") else prep["base"].config, args.out,
+              head=head, num_labels=prep["task"].num_labels, tokenizer=prep["base"].tokenizer)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_plot(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="ftlab plot")
+    ap.add_argument("--workdir", nargs="+", required=True)
+    ap.add_argument("--out", required=True, help="PNG file")
+    args = ap.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for wd in args.workdir:
+        path = os.path.join(wd, "metrics.jsonl")
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: {path} not found")
+        rows = [json.loads(line) for line in open(path) if line.strip()]
+        label = os.path.basename(os.path.normpath(wd))
+        tr = [r for r in rows if r["kind"] == "train"]
+        ev = [r for r in rows if r["kind"] == "eval"]
+        ax1.plot([r["step"] for r in tr], [r["loss"] for r in tr], label=label)
+        main = None
+        if os.path.isfile(os.path.join(wd, "results.json")):
+            main = json.load(open(os.path.join(wd, "results.json"))).get("main_metric")
+        main = main or next((k for k in (ev[0] if ev else {}) if k not in ("step", "kind", "loss")), None)
+        if main:
+            ax2.plot([r["step"] for r in ev], [r[main] for r in ev], marker="o", label=f"{label} ({main})")
+    ax1.set(xlabel="step", ylabel="train loss", title="training loss")
+    ax2.set(xlabel="step", ylabel="dev score", title="dev score")
+    for ax in (ax1, ax2):
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "export": cmd_export, "plot": cmd_plot}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__, file=sys.stderr)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"error: unknown command {argv[0]!r} (one of: {', '.join(COMMANDS)})", file=sys.stderr)
+            return 2
+        return 0
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

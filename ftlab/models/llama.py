@@ -1,0 +1,175 @@
+"""Llama-family decoder (Llama, SmolLM2, Qwen2-style biases) in Flax linen, paths mirroring Hugging Face.
+
+    embed_tokens/embedding, norm/scale
+    layers/{i}/input_layernorm/scale, layers/{i}/post_attention_layernorm/scale
+    layers/{i}/self_attn/{q_proj,k_proj,v_proj,o_proj}/{kernel,bias?}
+    layers/{i}/mlp/{gate_proj,up_proj,down_proj}/{kernel,bias?}
+
+Pre-RMSNorm blocks, RoPE (default / linear / llama3 scaling), grouped-query attention, SwiGLU MLP.
+Attention lives in `LlamaAttention`, the feed-forward block in `LlamaMLP` (the delta sites).
+
+KV cache (generation): `cache` is {"0": {"k": [B, S, K, Dh], "v": [B, S, K, Dh]}, ...}; the T new tokens
+are written at slots cache_index .. cache_index+T-1 and attend to every slot <= their own whose
+attention_mask ([B, S] over slots) is 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from ftlab.models.configs import LlamaConfig
+from ftlab.models.layers import (
+    Dense,
+    Embed,
+    RMSNorm,
+    activation,
+    apply_rope,
+    causal_mask,
+    compute_dtype,
+    dot_product_attention,
+    padding_mask,
+    rope_inv_freq,
+)
+
+Array = jax.Array
+
+
+def update_cache(layer_cache: dict, k: Array, v: Array, index: Array) -> tuple[Array, Array, dict]:
+    """Write k/v [B, T, K, Dh] at slot `index` of the cache; returns full k, v [B, S, K, Dh] and the new cache."""
+    zero = jnp.zeros((), jnp.int32)
+    start = (zero, jnp.asarray(index, jnp.int32), zero, zero)
+    ck = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), start)
+    cv = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), start)
+    return ck.astype(k.dtype), cv.astype(v.dtype), {"k": ck, "v": cv}
+
+
+def decoder_mask(attention_mask: Array, t: int, cache_index: Array | int | None) -> Array:
+    """bool [B, 1, T, S]: causal over slots and padding. attention_mask: [B, S] (S = T without a cache)."""
+    s = attention_mask.shape[1]
+    start = 0 if cache_index is None else cache_index
+    q_slots = jnp.arange(t) + start
+    return causal_mask(q_slots, s) & padding_mask(attention_mask)
+
+
+class LlamaAttention(nn.Module):
+    """x: [B, T, D], positions: [B, T], mask: bool [B, 1, T, S] -> ([B, T, D], new layer cache | None)."""
+
+    config: LlamaConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array, positions: Array, mask: Array, layer_cache: dict | None, cache_index: Any):
+        c = self.config
+        dt = compute_dtype(c.dtype)
+        init = nn.initializers.normal(c.initializer_range)
+        h, kh, dh = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        b, t, _ = x.shape
+        q = Dense(h * dh, c.qkv_bias, dt, init, name="q_proj")(x).reshape(b, t, h, dh)
+        k = Dense(kh * dh, c.qkv_bias, dt, init, name="k_proj")(x).reshape(b, t, kh, dh)
+        v = Dense(kh * dh, c.qkv_bias, dt, init, name="v_proj")(x).reshape(b, t, kh, dh)
+        inv_freq = rope_inv_freq(dh, c.rope_theta, c.rope_scaling)
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        new_cache = None
+        if layer_cache is not None:
+            k, v, new_cache = update_cache(layer_cache, k, v, cache_index)
+        rate = c.attention_dropout
+        rng = self.make_rng("dropout") if (not self.deterministic and rate > 0) else None
+        out = dot_product_attention(q, k, v, mask, dropout_rate=rate, dropout_rng=rng)
+        out = Dense(c.hidden_size, c.o_bias, dt, init, name="o_proj")(out.reshape(b, t, h * dh))
+        return out, new_cache
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU: down(act(gate(x)) * up(x)). [B, T, D] -> [B, T, D]."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = self.config
+        dt = compute_dtype(c.dtype)
+        init = nn.initializers.normal(c.initializer_range)
+        gate = Dense(c.intermediate_size, c.mlp_bias, dt, init, name="gate_proj")(x)
+        up = Dense(c.intermediate_size, c.mlp_bias, dt, init, name="up_proj")(x)
+        return Dense(c.hidden_size, c.mlp_bias, dt, init, name="down_proj")(
+            activation(c.hidden_act)(gate) * up
+        )
+
+
+class LlamaDecoderLayer(nn.Module):
+    config: LlamaConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array, positions: Array, mask: Array, layer_cache: dict | None, cache_index: Any):
+        c = self.config
+        dt = compute_dtype(c.dtype)
+        h = RMSNorm(c.rms_norm_eps, dt, name="input_layernorm")(x)
+        h, new_cache = LlamaAttention(c, self.deterministic, name="self_attn")(
+            h, positions, mask, layer_cache, cache_index
+        )
+        x = x + h
+        x = x + LlamaMLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, dt, name="post_attention_layernorm")(x))
+        return x, new_cache
+
+
+class LlamaLayers(nn.Module):
+    """The `layers` container: children "0".."L-1"."""
+
+    config: LlamaConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, positions, mask, cache, cache_index):
+        layer_cls = nn.remat(LlamaDecoderLayer) if self.config.remat else LlamaDecoderLayer
+        new_cache = {} if cache is not None else None
+        for i in range(self.config.num_hidden_layers):
+            layer_cache = None if cache is None else cache[str(i)]
+            x, lc = layer_cls(self.config, self.deterministic, name=str(i))(
+                x, positions, mask, layer_cache, cache_index
+            )
+            if cache is not None:
+                new_cache[str(i)] = lc
+        return x, new_cache
+
+
+class LlamaModel(nn.Module):
+    """Backbone. Returns ({'hidden': [B, T, D], 'pooled': None, 'embedding': [V, D]}, new_cache | None)."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        deterministic: bool = True,
+        position_ids: Array | None = None,
+        cache: dict | None = None,
+        cache_index: Array | int | None = None,
+    ):
+        c = self.config
+        dt = compute_dtype(c.dtype)
+        b, t = input_ids.shape
+        if cache is not None and cache_index is None:
+            raise ValueError("a cache needs cache_index (slot of the first new token)")
+        if attention_mask is None:
+            s = t if cache is None else cache["0"]["k"].shape[1]
+            attention_mask = jnp.ones((b, s), jnp.int32)
+        if position_ids is None:
+            # As HF's forward: positions count slots, padding or not (generate passes mask-based positions).
+            position_ids = jnp.broadcast_to(
+                jnp.arange(t) + (0 if cache_index is None else cache_index), (b, t)
+            )
+        embed = Embed(
+            c.vocab_size, c.hidden_size, dt, nn.initializers.normal(c.initializer_range), name="embed_tokens"
+        )
+        x = embed(input_ids)
+        mask = decoder_mask(attention_mask, t, cache_index if cache is not None else None)
+        x, new_cache = LlamaLayers(c, deterministic, name="layers")(x, position_ids, mask, cache, cache_index)
+        x = RMSNorm(c.rms_norm_eps, dt, name="norm")(x)
+        return {"hidden": x, "pooled": None, "embedding": embed.embedding}, new_cache

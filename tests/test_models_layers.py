@@ -1,0 +1,164 @@
+"""ftlab models without a reference checkpoint: the LoRA hook in Dense, bfloat16 compute, remat, KV-cache
+generation with left-padded batches, init_params overlay and its errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ftlab import tree
+from ftlab.models import BertConfig, GPT2Config, LlamaConfig, build_model, init_params, initializer_for
+from ftlab.models.generate import generate
+
+BERT = BertConfig(
+    vocab_size=50,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=32,
+)
+LLAMA = LlamaConfig(
+    vocab_size=50,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    rope_theta=500.0,
+)
+GPT2 = GPT2Config(vocab_size=50, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+
+
+def _ids(b=2, t=6, seed=0):
+    ids = np.random.default_rng(seed).integers(3, 50, size=(b, t)).astype(np.int32)
+    mask = np.ones((b, t), np.int32)
+    mask[1, -2:] = 0
+    return ids, mask
+
+
+def _init(model, ids):
+    return model.init(jax.random.key(0), ids)["params"]
+
+
+def test_dense_lora_hook_equals_merged_weight():
+    model = build_model(BERT, "sequence_classification", 3)
+    ids, mask = _ids()
+    params = _init(model, ids)
+    q = "backbone/encoder/layer/1/attention/self/query"
+    a = jax.random.normal(jax.random.key(1), (32, 4)) * 0.3
+    b = jax.random.normal(jax.random.key(2), (4, 32)) * 0.3
+    delta = tree.unflatten({f"{q}/lora_a": a, f"{q}/lora_b": b, f"{q}/lora_scale": jnp.float32(2.0)})
+    with_lora = model.apply({"params": params, "delta": delta}, ids, mask)
+    flat = tree.flatten(params)
+    flat[f"{q}/kernel"] = flat[f"{q}/kernel"] + 2.0 * a @ b  # the merged reference, formed only in the test
+    merged = model.apply({"params": tree.unflatten(flat)}, ids, mask)
+    np.testing.assert_allclose(with_lora, merged, atol=1e-5)
+    assert not np.allclose(with_lora, model.apply({"params": params}, ids, mask))
+    # B = 0 (LoRA's init) is exactly the identity.
+    zero = tree.unflatten({f"{q}/lora_a": a, f"{q}/lora_b": jnp.zeros_like(b)})
+    np.testing.assert_array_equal(
+        model.apply({"params": params, "delta": zero}, ids, mask), model.apply({"params": params}, ids, mask)
+    )
+
+
+@pytest.mark.parametrize("cfg,head", [(BERT, "masked_lm"), (LLAMA, "causal_lm"), (GPT2, "causal_lm")])
+def test_bfloat16_close_and_remat_identical(cfg, head):
+    ids, mask = _ids()
+    model = build_model(cfg, head)
+    params = _init(model, ids)
+    ref = model.apply({"params": params}, ids, mask)
+    bf16 = build_model(dataclasses.replace(cfg, dtype="bfloat16"), head).apply({"params": params}, ids, mask)
+    assert bf16.dtype == jnp.float32 and jax.tree_util.tree_leaves(params)[0].dtype == jnp.float32
+    real = mask.astype(bool)
+    assert float(jnp.abs(bf16 - ref)[real].max()) <= 0.05 * float(jnp.abs(ref).max()) + 0.05
+    remat = build_model(dataclasses.replace(cfg, remat=True), head)
+
+    def loss(m, p):
+        return jnp.sum(m.apply({"params": p}, ids, mask) ** 2)
+
+    np.testing.assert_array_equal(remat.apply({"params": params}, ids, mask), ref)
+    if head != "causal_lm" or isinstance(cfg, GPT2Config):
+        return  # gradients through remat checked once (Llama) to keep the suite fast
+    g1, g2 = jax.grad(lambda p: loss(model, p))(params), jax.grad(lambda p: loss(remat, p))(params)
+    for x, y in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cfg", [LLAMA, GPT2], ids=["llama", "gpt2"])
+def test_generate_left_padded_batch_equals_per_row(cfg):
+    model = build_model(cfg, "causal_lm")
+    rows = [[5, 9, 11, 4, 20], [7, 3]]
+    ids = np.array([rows[0], [0, 0, 0, *rows[1]]], np.int32)
+    mask = np.array([[1] * 5, [0, 0, 0, 1, 1]], np.int32)
+    params = _init(model, ids)
+    batch = generate(model, params, ids, mask, max_new_tokens=4)
+    single = generate(model, params, np.array([rows[1]], np.int32), None, max_new_tokens=4)
+    np.testing.assert_array_equal(batch[1], single[0])  # the left-padded row equals its unpadded run
+    # Cached greedy decoding of the unpadded row equals re-running the full forward pass (no cache).
+    seq = np.array([rows[0]], np.int32)
+    apply = jax.jit(model.apply)
+    for _ in range(4):
+        logits = apply({"params": params}, seq)
+        seq = np.concatenate([seq, np.argmax(logits[:, -1], -1)[:, None].astype(np.int32)], axis=1)
+    np.testing.assert_array_equal(batch[0], seq[0, len(rows[0]) :])
+
+
+def test_generate_stops_at_eos_and_pads():
+    model = build_model(LLAMA, "causal_lm")
+    ids = np.array([[5, 9, 11]], np.int32)
+    params = _init(model, ids)
+    sampled = generate(
+        model, params, ids, None, 5, greedy=False, temperature=0.7, top_k=5, rng=jax.random.key(3)
+    )
+    assert sampled.shape == (1, 5) and sampled.min() >= 0 and sampled.max() < 50
+    free = generate(model, params, ids, max_new_tokens=5)
+    eos = int(free[0, 1])
+    out = generate(model, params, ids, max_new_tokens=5, eos_token_id=eos, pad_token_id=0)
+    np.testing.assert_array_equal(out[0, :2], free[0, :2])
+    assert (out[0, 2:] == 0).all()
+
+
+def test_init_params_overlay_and_errors():
+    ids, _ = _ids()
+    bare = build_model(BERT)
+    base = _init(bare, ids)
+    model = build_model(BERT, "token_classification", 4)
+    params, fresh = init_params(model, jax.random.key(5), base, ids)
+    assert fresh == ["head/classifier/bias", "head/classifier/kernel"]
+    for p, x in tree.flatten(base).items():
+        np.testing.assert_array_equal(tree.flatten(params)[p], x)
+    assert float(jnp.abs(params["head"]["classifier"]["bias"]).max()) == 0.0
+    assert abs(float(params["head"]["classifier"]["kernel"].std()) - BERT.initializer_range) < 0.01
+    bad = tree.flatten(base)
+    bad["backbone/pooler/dense/kernel"] = np.zeros((32, 31), np.float32)
+    with pytest.raises(ValueError, match=r"backbone/pooler/dense/kernel.*\(32, 31\).*\(32, 32\)"):
+        init_params(model, jax.random.key(5), tree.unflatten(bad), ids)
+    extra = {**tree.flatten(base), "backbone/encoder/layer/7/output/dense/bias": np.zeros(32, np.float32)}
+    with pytest.raises(ValueError, match="layer/7/output/dense/bias"):
+        init_params(model, jax.random.key(5), tree.unflatten(extra), ids)
+    # initializer_for is what re-initialising the top k layers uses.
+    k = initializer_for("backbone/encoder/layer/1/output/dense/kernel", (48, 32), BERT, jax.random.key(0))
+    assert k.shape == (48, 32) and abs(float(k.std()) - 0.02) < 0.005
+    assert (initializer_for("backbone/embeddings/LayerNorm/scale", (32,), BERT, jax.random.key(0)) == 1).all()
+
+
+def test_build_model_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="unknown head 'seq2seq'"):
+        build_model(BERT, "seq2seq")
+    with pytest.raises(ValueError, match="unknown pooling 'max'"):
+        build_model(BERT, "sequence_classification", pooling="max")
+    with pytest.raises(ValueError, match="causal_lm"):
+        build_model(BERT, "causal_lm")
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean", "last", "pooler"])
+def test_pooling_options(pooling):
+    ids, mask = _ids()
+    model = build_model(BERT, "sequence_classification", 2, pooling)
+    assert model.apply({"params": _init(model, ids)}, ids, mask).shape == (2, 2)
