@@ -12,7 +12,7 @@ from ftlab.train.loop import apply_variant, default_config
 def get_config(variant=None):
     c = default_config()
     c.task.name = "conll2003"
-    c.train.epochs = 3
+    c.train.epochs = 2
     c.train.batch_size = 32
     c.optim.lr = 5e-5
     return apply_variant(c, variant, {

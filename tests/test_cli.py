@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from ftlab import cli
 
 
@@ -41,10 +41,9 @@ def test_info_table(trained, capsys):
 
 
 def test_export_loads_in_transformers_with_same_logits(trained, tmp_path):
+    import jax.numpy as jnp
     import torch
     import transformers
-
-    import jax.numpy as jnp
 
     from ftlab import deltas, tree
     from ftlab.checkpoint import delta_io

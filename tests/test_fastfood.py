@@ -9,12 +9,18 @@ from ftlab import tree
 from ftlab.deltas import diffprune, fastfood
 
 
-@pytest.mark.parametrize("L,radix", [(1, 2), (2, 2), (8, 2), (64, 2), (64, 4), (64, 32), (512, 8), (1024, 32)])
+@pytest.mark.parametrize(
+    "L,radix", [(1, 2), (2, 2), (8, 2), (64, 2), (64, 4), (64, 32), (512, 8), (1024, 32)]
+)
 def test_fwht_equals_dense_hadamard(L, radix):
     x = np.random.default_rng(L).normal(size=(3, L)).astype(np.float32)
     H = fastfood.hadamard(L)
     assert np.array_equal(H @ H, L * np.eye(L, dtype=np.float32))
-    np.testing.assert_allclose(np.asarray(jax.jit(fastfood.fwht, static_argnums=1)(jnp.asarray(x), radix)), x @ H, atol=2e-5 * np.sqrt(L))
+    np.testing.assert_allclose(
+        np.asarray(jax.jit(fastfood.fwht, static_argnums=1)(jnp.asarray(x), radix)),
+        x @ H,
+        atol=2e-5 * np.sqrt(L),
+    )
 
 
 def _dense_projection(ff: dict, path: str, base_params: dict) -> np.ndarray:
@@ -28,14 +34,24 @@ def _dense_projection(ff: dict, path: str, base_params: dict) -> np.ndarray:
     for k in range(off // L, off // L + -(-D // L)):
         Pi = np.zeros((L, L))
         Pi[np.arange(L), perm[k] - k * L] = 1.0  # (Π y)[m] = y[perm[m]]
-        V = H @ np.diag(np.asarray(ff["gauss"][k], np.float64)) @ Pi @ H @ np.diag(np.asarray(ff["sign"][k], np.float64))
+        V = (
+            H
+            @ np.diag(np.asarray(ff["gauss"][k], np.float64))
+            @ Pi
+            @ H
+            @ np.diag(np.asarray(ff["sign"][k], np.float64))
+        )
         blocks.append(V)
     dd = ff["theta_d"].shape[0]
     return float(norm[path]) * np.vstack(blocks)[:D, :dd]
 
 
 BASE = {
-    "backbone": {"a": {"kernel": jnp.ones((16, 12))}, "b": {"bias": jnp.ones((5,))}, "c": {"kernel": jnp.ones((8, 64))}},
+    "backbone": {
+        "a": {"kernel": jnp.ones((16, 12))},
+        "b": {"bias": jnp.ones((5,))},
+        "c": {"kernel": jnp.ones((8, 64))},
+    },
     "head": {"kernel": jnp.ones((4, 2))},
 }
 

@@ -87,7 +87,9 @@ CASES = {
         "sequence_classification",
     ),
     "gpt2_lm": (
-        transformers.GPT2Config(vocab_size=V, n_positions=64, n_embd=32, n_layer=2, n_head=4),
+        transformers.GPT2Config(
+            vocab_size=V, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+        ),
         transformers.GPT2LMHeadModel,
         "causal_lm",
     ),

@@ -15,7 +15,9 @@ def _params():
 
 
 def _adamw_reference(p, grads, lr, b1, b2, eps, wd, steps, bias_correction, decay):
-    m = np.zeros_like(p); v = np.zeros_like(p); p = p.copy()
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    p = p.copy()
     for t in range(1, steps + 1):
         g = grads
         m = b1 * m + (1 - b1) * g

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 TRAIN = os.path.join(REPO, "scripts", "train.py")

@@ -3,7 +3,7 @@
 Paper: Ben Zaken, Ravfogel & Goldberg 2022, "BitFit: Simple Parameter-efficient Fine-tuning for
 Transformer-based Masked Language-models". A thin preset of `subset`.
 Config keys:
-  variant     'all' — every bias (`.*/bias`, LayerNorm biases included, as in the paper's BERT runs);
+  variant     'all' — every backbone bias (`backbone/.*/bias`, LayerNorm biases included, as in the paper);
               'qm'  — the paper's query-bias + second-MLP-bias subset (b_q, b_m2: attention/self/query/bias and
                       intermediate/dense/bias in BERT names; q_proj/up_proj biases in Llama names)
   train_head  also train the task head (`head/...`, default True; the paper trains the classifier)
@@ -21,14 +21,31 @@ from ftlab.deltas.subset import apply, to_disk, trainable  # noqa: F401  (same t
 DEFAULTS: dict[str, Any] = {"variant": "all", "train_head": True}
 
 
+# Backbone biases only (subset's 'bitfit' preset regex `.*/bias` also catches the head's bias, so that
+# train_head=False would still train part of the head).
+_PATTERNS = {
+    "all": (r"backbone/.*/bias",),
+    "qm": (
+        r"backbone/.*/attention/self/query/bias",  # BERT names: b_q
+        r"backbone/.*/intermediate/dense/bias",  # b_m2 (the first FFN projection)
+        r"backbone/.*/self_attn/q_proj/bias",  # Llama names
+        r"backbone/.*/mlp/up_proj/bias",
+    ),
+}
+
+
 def _cfg(config):
     cfg = {**DEFAULTS, **{k: v for k, v in config.items() if k != "method"}}
     if set(cfg) != set(DEFAULTS):
         raise ValueError(f"bitfit: unknown config keys {sorted(set(cfg) - set(DEFAULTS))}")
-    preset = {"all": "bitfit", "qm": "bitfit_qm"}.get(cfg["variant"])
-    if preset is None:
+    if cfg["variant"] not in _PATTERNS:
         raise ValueError(f"bitfit: variant must be 'all' or 'qm', got {cfg['variant']!r}")
-    return {**subset.DEFAULTS, "preset": preset, "train_head": cfg["train_head"]}
+    return {
+        **subset.DEFAULTS,
+        "preset": "none",
+        "extra": _PATTERNS[cfg["variant"]],
+        "train_head": cfg["train_head"],
+    }
 
 
 def init(rng, base_params, config):

@@ -65,7 +65,9 @@ _HP = ("l0_weight", "beta", "gamma", "zeta")
 
 # --------------------------------------------------------------------------------------------------------
 # Hard-concrete gates (Louizos et al. 2018)
-def sample_gates(rng: jax.Array | None, log_alpha: jax.Array, beta, gamma, zeta, u: jax.Array | None = None) -> jax.Array:
+def sample_gates(
+    rng: jax.Array | None, log_alpha: jax.Array, beta, gamma, zeta, u: jax.Array | None = None
+) -> jax.Array:
     """z = clip(σ((log u - log(1 - u) + log_alpha)/β)·(ζ - γ) + γ, 0, 1), u ~ U(0, 1) drawn from rng unless given."""
     if u is None:
         u = jax.random.uniform(rng, log_alpha.shape, jnp.float32, 1e-6, 1.0 - 1e-6)
@@ -137,7 +139,9 @@ def init(rng: jax.Array, base_params: Mapping[str, Any], config: Mapping[str, An
         with jax.ensure_compile_time_eval():  # concrete values even when init is traced (eval_shape)
             method, _, stage1 = delta_io.load(cfg["init_from"], base_params, None)
             if method != "diffprune" or "log_alpha" not in stage1.get("diffprune", {}):
-                raise ValueError(f"diffprune: {cfg['init_from']} holds no l0-phase diffprune δ (method {method})")
+                raise ValueError(
+                    f"diffprune: {cfg['init_from']} holds no l0-phase diffprune δ (method {method})"
+                )
             return project(stage1, base_params, cfg)
     flat = tree.flatten(base_params)
     paths = target_paths(base_params, cfg)
@@ -164,7 +168,9 @@ def project(
     # numpy on the host: project also runs inside `init`, which must work under jax.eval_shape
     diffs = {}
     for p in paths:
-        gate = 1.0 / (1.0 + np.exp(-np.asarray(la[p], np.float32))) * (cfg["zeta"] - cfg["gamma"]) + cfg["gamma"]
+        gate = (
+            1.0 / (1.0 + np.exp(-np.asarray(la[p], np.float32))) * (cfg["zeta"] - cfg["gamma"]) + cfg["gamma"]
+        )
         diffs[p] = (np.clip(gate, 0.0, 1.0) * np.asarray(w[p], np.float32)).reshape(-1).astype(np.float32)
     flat_all = np.concatenate([np.abs(diffs[p]) for p in paths])
     k = num_kept(base_params, cfg)
@@ -196,13 +202,17 @@ def apply(
     new = {}
     if "log_alpha" in dp:
         w, la, hp = tree.flatten(dp["w"]), tree.flatten(dp["log_alpha"]), dp["hp"]
-        if train:  # one draw for all gates: one RNG kernel (and one compiled Threefry) instead of one per tensor
+        if (
+            train
+        ):  # one draw for all gates: one RNG kernel (and one compiled Threefry) instead of one per tensor
             sizes = np.cumsum([int(np.prod(x.shape)) for x in la.values()])
             u_all = jax.random.uniform(rng, (int(sizes[-1]),), jnp.float32, 1e-6, 1.0 - 1e-6)
             u = dict(zip(la, jnp.split(u_all, sizes[:-1].tolist())))
         for p in w:
             if train:
-                z = sample_gates(None, la[p], hp["beta"], hp["gamma"], hp["zeta"], u=u[p].reshape(la[p].shape))
+                z = sample_gates(
+                    None, la[p], hp["beta"], hp["gamma"], hp["zeta"], u=u[p].reshape(la[p].shape)
+                )
             else:
                 z = deterministic_gates(la[p], hp["gamma"], hp["zeta"])
             new[p] = flat[p] + (z * w[p]).astype(flat[p].dtype)

@@ -47,6 +47,7 @@ Trainable parameters: d + |head| (DID: d' = d; SAID: d' + m = d).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -117,7 +118,8 @@ def block_size(d: int) -> int:
     return 1 << max(0, math.ceil(math.log2(d)))
 
 
-def fastfood_vars(seed: int, num_blocks: int, L: int) -> dict[str, jax.Array]:
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def fastfood_vars(seed: int | jax.Array, num_blocks: int, L: int) -> dict[str, jax.Array]:
     """B (int8 ±1), Π (flat global int32 indices into [S·L]) and G/sqrt(ΣG²) for `num_blocks` blocks of size L."""
     if num_blocks * L >= 2**31:
         raise ValueError(f"fastfood: {num_blocks}×{L} padded entries exceed int32 indexing")
@@ -202,7 +204,7 @@ def init(rng: jax.Array, base_params: Mapping[str, Any], config: Mapping[str, An
             {p: jnp.asarray(1.0 / math.sqrt(np.prod(np.shape(flat[p]))), jnp.float32) for p in paths}
         ),
         "seed": jnp.asarray(cfg["seed"], jnp.uint32),
-        **fastfood_vars(int(cfg["seed"]), S, L),
+        **fastfood_vars(jnp.uint32(cfg["seed"]), S, L),
     }
     if cfg["said"]:
         ff["lambda"] = jnp.ones((len(paths),), jnp.float32)

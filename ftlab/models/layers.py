@@ -58,10 +58,17 @@ def _stat_dtype(dtype: Any) -> Any:
 
 
 class Dense(nn.Module):
-    """y = x @ kernel + bias, plus LoRA when the `delta` collection holds `lora_a`/`lora_b` at this path.
+    """y = x @ kernel + bias, plus the module-delta hooks read from the `delta` collection at this path.
 
     x: [..., in] -> y: [..., features]. kernel: [in, features] (HF Linear weight transposed).
-    delta (optional): lora_a [in, r], lora_b [r, features], lora_scale scalar (1.0 if absent).
+    delta (all optional; see ftlab.deltas.lora / ftlab.deltas.ia3):
+      lora_a [in, r], lora_b [r, features], lora_scale scalar (1.0 if absent), lora_dropout scalar rate
+        (applied to the A path's input only when `deterministic` is False, with the 'dropout' rng);
+        y += lora_scale * ((dropout(x) @ lora_a) @ lora_b)
+      stacked LoRA (serving many tasks in one batch): lora_a [N, in, r], lora_b [N, r, features],
+        lora_scale [N], lora_index int [B]: row b uses delta lora_index[b] (x must be [B, ...])
+      ia3_in [in]: y = (x * ia3_in) @ kernel + bias       (IA³ on a feed-forward layer's input)
+      ia3_out [features]: y = (x @ kernel + bias) * ia3_out   (IA³ on keys / values)
     """
 
     features: int
@@ -69,27 +76,51 @@ class Dense(nn.Module):
     dtype: Any = jnp.float32
     kernel_init: Initializer = nn.initializers.normal(0.02)
     bias_init: Initializer = nn.initializers.zeros
+    deterministic: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
         x = x.astype(self.dtype)
-        y = jnp.dot(x, kernel.astype(self.dtype))
+        x_in = x
+        if self.has_variable("delta", "ia3_in"):
+            x_in = x * self.get_variable("delta", "ia3_in").astype(self.dtype)
+        y = jnp.dot(x_in, kernel.astype(self.dtype))
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
+        if self.has_variable("delta", "ia3_out"):
+            y = y * self.get_variable("delta", "ia3_out").astype(self.dtype)
         if self.has_variable("delta", "lora_a"):
-            a = self.get_variable("delta", "lora_a").astype(self.dtype)
-            b = self.get_variable("delta", "lora_b").astype(self.dtype)
-            scale = (
-                self.get_variable("delta", "lora_scale") if self.has_variable("delta", "lora_scale") else 1.0
-            )
-            # Low-rank path as two thin matmuls: cost O((in + out) r) per token and no [in, out] temporary.
-            y = y + (jnp.asarray(scale, jnp.float32) * ((x @ a) @ b)).astype(self.dtype)
+            y = y + self._lora(x)
         return y
+
+    def _lora(self, x: Array) -> Array:
+        a = self.get_variable("delta", "lora_a").astype(self.dtype)
+        b = self.get_variable("delta", "lora_b").astype(self.dtype)
+        has_scale = self.has_variable("delta", "lora_scale")
+        scale = jnp.asarray(self.get_variable("delta", "lora_scale") if has_scale else 1.0, jnp.float32)
+        if self.has_variable("delta", "lora_dropout") and not self.deterministic:
+            rate = self.get_variable("delta", "lora_dropout")
+            keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate, x.shape)
+            x = jnp.where(keep, x / (1.0 - rate), 0).astype(self.dtype)
+        if a.ndim == 3:  # one LoRA per task, selected per batch row
+            idx = self.get_variable("delta", "lora_index")
+            h = jnp.einsum("b...i,bir->b...r", x, a[idx])
+            h = jnp.einsum("b...r,bro->b...o", h, b[idx])
+            scale = scale[idx].reshape((-1,) + (1,) * (h.ndim - 1))
+        else:
+            # Low-rank path as two thin matmuls: cost O((in + out) r) per token and no [in, out] temporary.
+            h = (x @ a) @ b
+        return (scale * h).astype(self.dtype)
 
 
 class Embed(nn.Module):
-    """Token/position embedding table. ids: [...] int -> [..., features]; `attend` gives tied output logits."""
+    """Token/position embedding table. ids: [...] int -> [..., features]; `attend` gives tied output logits.
+
+    delta (optional, LoRA on an embedding as PEFT does it): lora_a [num_embeddings, r], lora_b [r, features],
+    lora_scale: y += lora_scale * lora_a[ids] @ lora_b. `attend` (tied output head) uses the base table only,
+    as PEFT's LoRA on the input embedding leaves a tied lm_head unchanged.
+    """
 
     num_embeddings: int
     features: int
@@ -102,11 +133,78 @@ class Embed(nn.Module):
         )
 
     def __call__(self, ids: Array) -> Array:
-        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+        y = jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+        if self.has_variable("delta", "lora_a"):
+            a = jnp.take(self.get_variable("delta", "lora_a"), ids, axis=0).astype(self.dtype)
+            b = self.get_variable("delta", "lora_b").astype(self.dtype)
+            has_scale = self.has_variable("delta", "lora_scale")
+            scale = jnp.asarray(self.get_variable("delta", "lora_scale") if has_scale else 1.0, jnp.float32)
+            y = y + (scale * (a @ b)).astype(self.dtype)
+        return y
 
     def attend(self, x: Array) -> Array:
         """x: [..., features] -> logits [..., num_embeddings] with the same (tied) table."""
         return jnp.dot(x.astype(self.dtype), self.embedding.astype(self.dtype).T)
+
+
+# ------------------------------------------------------------------------------------ module-delta sites
+
+# Adapter non-linearities by code (the code is an int32 leaf of the delta, so it can travel in a pytree).
+ADAPTER_ACTIVATIONS = ("relu", "gelu", "swish", "tanh")
+_ADAPTER_FNS = (jax.nn.relu, lambda x: jax.nn.gelu(x, approximate=False), jax.nn.silu, jnp.tanh)
+
+
+def adapters(module: nn.Module, h: Array, name: str = "adapter") -> Array:
+    """Bottleneck adapters stacked at a site: for each slot in order, h = h + up(act(down(h))).
+
+    Reads delta `name` = {slot: {'down': {'kernel' [D, m], 'bias' [m]}, 'up': {'kernel' [m, D], 'bias' [D]},
+    'act': int32 code into ADAPTER_ACTIVATIONS}} in `module`'s scope; slots "0", "1", ... run in numeric order
+    (MAD-X stacking: language adapter in slot 0, task adapter in slot 1). h: [..., D]. No-op when absent.
+    """
+    if not module.has_variable("delta", name):
+        return h
+    slots = module.get_variable("delta", name)
+    dt = h.dtype
+    for key in sorted(slots, key=int):
+        s = slots[key]
+        z = h @ s["down"]["kernel"].astype(dt) + s["down"]["bias"].astype(dt)
+        z = jax.lax.switch(jnp.asarray(s["act"], jnp.int32), _ADAPTER_FNS, z)
+        h = h + (z @ s["up"]["kernel"].astype(dt) + s["up"]["bias"].astype(dt))
+    return h
+
+
+def delta_leaf(module: nn.Module, path: str) -> Array | None:
+    """The `delta` collection's leaf at `path` (relative to `module`'s scope, "/"-joined), or None.
+
+    Lets a backbone see a delta that lives in a layer's scope, e.g. the prefix length P for position ids.
+    """
+    if not module.has_variable("delta", path.split("/")[0]):
+        return None
+    node: Any = module.variables["delta"]
+    for part in path.split("/"):
+        if not isinstance(node, dict) and not hasattr(node, "keys"):
+            return None
+        if part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def with_prefix(k: Array, v: Array, mask: Array | None, prefix_k: Array, prefix_v: Array):
+    """Prepend P learned key/value slots (prefix tuning) that every query may attend to.
+
+    k, v: [B, S, K, Dh]; prefix_k/v: [P, K * Dh]; mask: bool [B, 1, T|1, S] -> k, v [B, P+S, K, Dh], mask
+    [B, 1, T|1, P+S]. The prefix is used as given (no RoPE), as PEFT passes it as past key/values.
+    """
+    b, _, kh, dh = k.shape
+    p = prefix_k.shape[0]
+    pk = jnp.broadcast_to(prefix_k.reshape(1, p, kh, dh).astype(k.dtype), (b, p, kh, dh))
+    pv = jnp.broadcast_to(prefix_v.reshape(1, p, kh, dh).astype(v.dtype), (b, p, kh, dh))
+    k, v = jnp.concatenate([pk, k], axis=1), jnp.concatenate([pv, v], axis=1)
+    if mask is not None:
+        ones = jnp.ones(mask.shape[:-1] + (p,), bool)
+        mask = jnp.concatenate([ones, jnp.broadcast_to(mask, mask.shape[:-1] + (mask.shape[-1],))], axis=-1)
+    return k, v, mask
 
 
 class LayerNorm(nn.Module):

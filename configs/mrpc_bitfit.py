@@ -1,0 +1,22 @@
+"""MRPC paraphrase, MiniLM BitFit — only the biases and the classifier head trained (≈0.1% of the parameters).
+
+Bias terms of every backbone layer (query/key/value, attention output, FFN, LayerNorm) plus the head;
+`--config.delta.variant=qm` trains only the query and first-FFN biases (the paper's b_q, b_m2 subset).
+lr 1e-3 (Ben Zaken et al. search 1e-4..1e-3 and report the upper end for BERT-base).
+Paper/reference: Ben Zaken, Ravfogel & Goldberg 2022, "BitFit: Simple Parameter-efficient Fine-tuning".
+Command:  python scripts/train.py --config configs/mrpc_bitfit.py --workdir runs/mrpc_bitfit
+Expected: dev F1 within a few points of mrpc_full (BitFit ≈ full fine-tuning on GLUE for BERT-base); not yet measured with MiniLM.
+"""
+
+from ftlab.train.loop import apply_variant, default_config
+
+
+def get_config(variant=None):
+    c = default_config()
+    c.task.name = "mrpc"
+    c.delta.method = "bitfit"
+    c.delta.variant = "all"
+    c.train.epochs = 5
+    c.train.batch_size = 16
+    c.optim.lr = 1e-3
+    return apply_variant(c, variant, {})

@@ -1,0 +1,27 @@
+"""SST-2 sentiment, MiniLM last layer — only the top encoder layer and the classifier head trained.
+
+The classic partial fine-tuning baseline between feature extraction (frozen) and full fine-tuning.
+lr 1e-4: twice the full twin's, as only one layer adapts.
+Paper/reference: Lee et al. 2019, "What Would Elsa Do? Freezing Layers During Transformer Fine-Tuning".
+Command:  python scripts/train.py --config configs/sst2_lastlayer.py --workdir runs/sst2_lastlayer
+Expected: dev accuracy between sst2_frozen and sst2_full; not yet measured.
+"""
+
+from ftlab.train.loop import apply_variant, default_config
+
+
+def get_config(variant=None):
+    c = default_config()
+    c.task.name = "sst2"
+    c.delta.method = "lastlayer"
+    c.train.epochs = 1
+    c.train.batch_size = 32
+    c.train.eval_every = 700
+    c.optim.lr = 1e-4
+    return apply_variant(
+        c,
+        variant,
+        {
+            "quick": {"task.train_subset": 20000, "train.eval_every": 0},
+        },
+    )

@@ -1,0 +1,20 @@
+"""STS-B similarity regression, MiniLM last layer — only the top encoder layer and the classifier head trained.
+
+The classic partial fine-tuning baseline between feature extraction (frozen) and full fine-tuning.
+lr 1e-4: twice the full twin's, as only one layer adapts.
+Paper/reference: Lee et al. 2019, "What Would Elsa Do? Freezing Layers During Transformer Fine-Tuning".
+Command:  python scripts/train.py --config configs/stsb_lastlayer.py --workdir runs/stsb_lastlayer
+Expected: dev Pearson between stsb_frozen and stsb_full; not yet measured.
+"""
+
+from ftlab.train.loop import apply_variant, default_config
+
+
+def get_config(variant=None):
+    c = default_config()
+    c.task.name = "stsb"
+    c.delta.method = "lastlayer"
+    c.train.epochs = 5
+    c.train.batch_size = 16
+    c.optim.lr = 1e-4
+    return apply_variant(c, variant, {})
