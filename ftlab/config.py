@@ -156,8 +156,22 @@ def parse_value(text: str, default: Any, key: str) -> Any:
         return text
 
 
+def _delta_defaults(group: Mapping[str, Any]) -> dict[str, Any]:
+    from ftlab import deltas  # late import: config is below deltas in the package map
+
+    return dict(deltas.get(group["method"]).DEFAULTS)
+
+
+# Groups whose valid keys depend on another key: `delta` takes the keys of its method's DEFAULTS.
+OPEN_GROUPS = {"delta": _delta_defaults}
+
+
 def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
-    """Apply `key.sub=value` strings (the part after `--config.`); unknown keys raise with the closest key."""
+    """Apply `key.sub=value` strings (the part after `--config.`); unknown keys raise with the closest key.
+
+    Keys of the `delta` group are checked against the DEFAULTS of the delta method in force at that point
+    (so `--config.delta.method=topk --config.delta.k=2` works, `--config.delta.kk=2` names `k`).
+    """
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
@@ -169,8 +183,20 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
         parent = cfg.get_path(parent_path) if parent_path else cfg
         if not isinstance(parent, Mapping):
             raise ConfigError(f"override {item!r}: '{parent_path}' is not a group of keys")
+        if leaf not in parent and parent_path in OPEN_GROUPS and leaf != "method":
+            try:
+                defaults = OPEN_GROUPS[parent_path](parent)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            if leaf not in defaults:
+                raise ConfigError(_unknown_key_message(leaf, defaults, parent_path))
+            parent[leaf] = parse_value(value, defaults[leaf], key)
+            continue
         if leaf not in parent:
             raise ConfigError(_unknown_key_message(leaf, parent, parent_path))
+        if parent_path in OPEN_GROUPS and leaf == "method":  # a new method: drop the old method's keys
+            for k in [k for k in parent if k != "method"]:
+                del parent[k]
         parent[leaf] = parse_value(value, parent[leaf], key)
     return cfg
 

@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from ftlab import config as config_lib
 from ftlab.checkpoint import delta_io
 from ftlab.checkpoint.train_state import CheckpointError

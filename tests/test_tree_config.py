@@ -93,3 +93,13 @@ def test_every_shipped_config_loads_with_all_variants():
             config_lib.load(f + ":no_such_variant")
         doc = open(f).read()
         assert "Command:" in doc and "Expected:" in doc, f"{f}: docstring must give the command and expected result"
+
+
+def test_delta_keys_follow_the_method(tmp_path):
+    cfg = config_lib.Config(delta=config_lib.Config(method="full"))
+    config_lib.apply_overrides(cfg, ["delta.method=topk", "delta.k=2"])
+    assert cfg.delta == {"method": "topk", "k": 2}
+    with pytest.raises(config_lib.ConfigError, match="did you mean 'delta.k'"):
+        config_lib.apply_overrides(cfg, ["delta.kk=3"])
+    with pytest.raises(config_lib.ConfigError, match="unknown delta method 'topkk'"):
+        config_lib.apply_overrides(config_lib.Config(delta=config_lib.Config(method="topkk")), ["delta.k=1"])

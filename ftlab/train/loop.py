@@ -232,7 +232,19 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
     delta_mod = deltas.get(method)
     delta_cfg = deltas.check_config(delta_mod, delta_cfg)
     rng = jax.random.key(cfg.seed)
+    if delta_cfg.get("init_from"):  # staged methods start from a saved δ: it must belong to this base
+        with open(os.path.join(delta_cfg["init_from"], "delta.json")) as f:
+            stage_hash = json.load(f).get("base_hash")
+        if stage_hash != base.hash:
+            raise delta_io.DeltaError(f"{delta_cfg['init_from']}: δ trained on base hash {stage_hash}, "
+                                      f"this run's base has hash {base.hash}")
     delta = delta_mod.init(jax.random.fold_in(rng, 2), params, delta_cfg)
+    if hasattr(delta_mod, "model_config_after"):  # structural deltas (layer removal) change the model
+        from ftlab.models import build_model
+
+        m = model
+        model = build_model(delta_mod.model_config_after(m.config, delta_cfg), head=m.head,
+                            num_labels=m.num_labels, pooling=m.pooling)
     missing_fresh = [p for p in prep["fresh_paths"] if p not in tree.flatten(delta)]
     if missing_fresh and method != "full":
         raise ValueError(f"freshly initialised parameters {missing_fresh[:5]} are not part of δ "
@@ -258,7 +270,8 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
     from ftlab import optim
     from ftlab.deltas.subset import num_layers
 
-    tx, lr_schedule = optim.build(dict(cfg.optim), train_params, total_steps, num_layers(params))
+    n_layers = num_layers(delta_mod.apply(params, delta)["params"])
+    tx, lr_schedule = optim.build(dict(cfg.optim), train_params, total_steps, n_layers)
     state = {
         "step": jnp.zeros([], jnp.int32),
         "train": train_params,
