@@ -13,7 +13,7 @@ def get_config(variant=None):
     c = default_config()
     c.task.name = "conll2003"
     c.delta.method = "frozen"
-    c.train.epochs = 2
+    c.train.epochs = 1
     c.train.batch_size = 32
     c.optim.lr = 1e-3
     return apply_variant(c, variant, {

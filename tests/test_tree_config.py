@@ -103,3 +103,14 @@ def test_delta_keys_follow_the_method(tmp_path):
         config_lib.apply_overrides(cfg, ["delta.kk=3"])
     with pytest.raises(config_lib.ConfigError, match="unknown delta method 'topkk'"):
         config_lib.apply_overrides(config_lib.Config(delta=config_lib.Config(method="topkk")), ["delta.k=1"])
+
+
+def test_methods_doc_is_up_to_date():
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts"))
+    import methods_doc
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "methods.md")
+    assert open(path).read() == methods_doc.render(), "run: python scripts/methods_doc.py"

@@ -6,7 +6,18 @@
     pooler/dense                                   (only when config.add_pooling_layer or a head needs it)
 
 Post-LN transformer. Attention lives in `BertSelfAttention`, the feed-forward block in `BertIntermediate` +
-`BertOutput`; those are the named sites where module deltas are read from the `delta` collection.
+`BertOutput`; those are the named sites where module deltas are read from the `delta` collection:
+
+    every Dense                           lora_a/lora_b/lora_scale/lora_dropout, ia3_in/ia3_out (layers.Dense)
+    embeddings/word_embeddings            lora_a/lora_b (layers.Embed)
+    embeddings/prompt [P, D]              soft prompt prepended to the word embeddings (prompt tuning)
+    encoder/layer/{i}/attention/self/prefix_key, prefix_value [P, D]   prefix tuning's extra keys/values
+    encoder/layer/{i}/{attention/output,output}/adapter           Houlsby: dense -> dropout -> adapters ->
+                                                                   LayerNorm(. + residual)
+    encoder/layer/{i}/{attention/output,output}/adapter_after_ln  Pfeiffer (AdapterHub): h = LayerNorm(dense +
+                                                                   residual) -> adapters -> LayerNorm(. + residual)
+With a prompt the sequence is P + T long (positions 0..P+T-1, token type 0 for the prompt, as PEFT feeds
+`inputs_embeds`); with a prefix the real tokens' positions start at P (HF's `past_key_values_length`).
 """
 
 from __future__ import annotations
@@ -23,18 +34,22 @@ from ftlab.models.layers import (
     Embed,
     LayerNorm,
     activation,
+    adapters,
     compute_dtype,
+    delta_leaf,
     dot_product_attention,
     padding_mask,
+    with_prefix,
 )
 
 Array = jax.Array
 
 
-def roberta_position_ids(input_ids: Array, pad_token_id: int) -> Array:
-    """HF `create_position_ids_from_input_ids`: real tokens count up from pad_token_id + 1, pads get pad_token_id."""
+def roberta_position_ids(input_ids: Array, pad_token_id: int, past: int = 0) -> Array:
+    """HF `create_position_ids_from_input_ids`: real tokens count up from pad_token_id + 1 (+ past key/value
+    length), pads get pad_token_id."""
     real = (input_ids != pad_token_id).astype(jnp.int32)
-    return jnp.cumsum(real, axis=1) * real + pad_token_id
+    return (jnp.cumsum(real, axis=1) + past) * real + pad_token_id
 
 
 class BertEmbeddings(nn.Module):
@@ -42,19 +57,33 @@ class BertEmbeddings(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, input_ids: Array, token_type_ids: Array | None) -> tuple[Array, Array]:
-        """input_ids, token_type_ids: [B, T] -> (embeddings [B, T, D], word embedding table [V, D])."""
+    def __call__(self, input_ids: Array, token_type_ids: Array | None, past: int = 0) -> tuple[Array, Array]:
+        """input_ids, token_type_ids: [B, T] -> (embeddings [B, P+T, D], word embedding table [V, D]).
+
+        P = soft-prompt length (0 without a prompt); `past` = prefix length (shifts positions as in HF)."""
         c = self.config
         dt = compute_dtype(c.dtype)
         init = nn.initializers.normal(c.initializer_range)
         words = Embed(c.vocab_size, c.hidden_size, dt, init, name="word_embeddings")
-        if c.model_type == "roberta":
-            pos_ids = roberta_position_ids(input_ids, c.pad_token_id)
-        else:
-            pos_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+        b, t = input_ids.shape
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         x = words(input_ids)
+        if self.has_variable("delta", "prompt"):
+            prompt = self.get_variable("delta", "prompt").astype(dt)  # [P, D]
+            p = prompt.shape[0]
+            x = jnp.concatenate([jnp.broadcast_to(prompt[None], (b, p, prompt.shape[1])), x], axis=1)
+            token_type_ids = jnp.concatenate(
+                [jnp.zeros((b, p), token_type_ids.dtype), token_type_ids], axis=1
+            )
+            t = t + p
+            # HF given inputs_embeds: positions are sequential (RoBERTa: from pad_token_id + 1, no pad rule).
+            start = c.pad_token_id + 1 if c.model_type == "roberta" else 0
+            pos_ids = jnp.broadcast_to(jnp.arange(t) + start + past, (b, t))
+        elif c.model_type == "roberta":
+            pos_ids = roberta_position_ids(input_ids, c.pad_token_id, past)
+        else:
+            pos_ids = jnp.broadcast_to(jnp.arange(t) + past, (b, t))
         x = x + Embed(c.max_position_embeddings, c.hidden_size, dt, init, name="position_embeddings")(pos_ids)
         x = x + Embed(c.type_vocab_size, c.hidden_size, dt, init, name="token_type_embeddings")(
             token_type_ids
@@ -77,9 +106,14 @@ class BertSelfAttention(nn.Module):
         h, dh = c.num_attention_heads, c.hidden_size // c.num_attention_heads
         init = nn.initializers.normal(c.initializer_range)
         b, t, _ = x.shape
-        q = Dense(c.hidden_size, True, dt, init, name="query")(x).reshape(b, t, h, dh)
-        k = Dense(c.hidden_size, True, dt, init, name="key")(x).reshape(b, t, h, dh)
-        v = Dense(c.hidden_size, True, dt, init, name="value")(x).reshape(b, t, h, dh)
+        det = self.deterministic
+        q = Dense(c.hidden_size, True, dt, init, name="query", deterministic=det)(x).reshape(b, t, h, dh)
+        k = Dense(c.hidden_size, True, dt, init, name="key", deterministic=det)(x).reshape(b, t, h, dh)
+        v = Dense(c.hidden_size, True, dt, init, name="value", deterministic=self.deterministic)(x)
+        v = v.reshape(b, t, h, dh)
+        if self.has_variable("delta", "prefix_key"):
+            prefix = (self.get_variable("delta", "prefix_key"), self.get_variable("delta", "prefix_value"))
+            k, v, mask = with_prefix(k, v, mask, *prefix)
         rate = c.attention_probs_dropout_prob
         rng = self.make_rng("dropout") if (not self.deterministic and rate > 0) else None
         out = dot_product_attention(q, k, v, mask, dropout_rate=rate, dropout_rng=rng)
@@ -96,9 +130,15 @@ class BertResidualOutput(nn.Module):
     def __call__(self, x: Array, residual: Array) -> Array:
         c = self.config
         dt = compute_dtype(c.dtype)
-        x = Dense(c.hidden_size, True, dt, nn.initializers.normal(c.initializer_range), name="dense")(x)
+        init = nn.initializers.normal(c.initializer_range)
+        x = Dense(c.hidden_size, True, dt, init, name="dense", deterministic=self.deterministic)(x)
         x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=self.deterministic)
-        return LayerNorm(c.layer_norm_eps, dt, name="LayerNorm")(x + residual)
+        x = adapters(self, x, "adapter")  # Houlsby: before the residual + LayerNorm
+        norm = LayerNorm(c.layer_norm_eps, dt, name="LayerNorm")
+        if self.has_variable("delta", "adapter_after_ln"):
+            # Pfeiffer / AdapterHub: adapter on the block output, then the same LayerNorm again.
+            return norm(adapters(self, norm(x + residual), "adapter_after_ln") + residual)
+        return norm(x + residual)
 
 
 class BertAttention(nn.Module):
@@ -113,12 +153,14 @@ class BertAttention(nn.Module):
 
 class BertIntermediate(nn.Module):
     config: BertConfig
+    deterministic: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         c = self.config
         init = nn.initializers.normal(c.initializer_range)
-        x = Dense(c.intermediate_size, True, compute_dtype(c.dtype), init, name="dense")(x)
+        dt = compute_dtype(c.dtype)
+        x = Dense(c.intermediate_size, True, dt, init, name="dense", deterministic=self.deterministic)(x)
         return activation(c.hidden_act)(x)
 
 
@@ -131,7 +173,7 @@ class BertLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array) -> Array:
         x = BertAttention(self.config, self.deterministic, name="attention")(x, mask)
-        hidden = BertIntermediate(self.config, name="intermediate")(x)
+        hidden = BertIntermediate(self.config, self.deterministic, name="intermediate")(x)
         return BertResidualOutput(self.config, self.deterministic, name="output")(hidden, x)
 
 
@@ -170,7 +212,8 @@ class BertPooler(nn.Module):
 
 
 class BertModel(nn.Module):
-    """The backbone. Returns {'hidden': [B, T, D], 'pooled': [B, D] | None, 'embedding': [V, D]}."""
+    """The backbone. Returns {'hidden': [B, P+T, D], 'pooled': [B, D] | None, 'embedding': [V, D],
+    'mask': [B, P+T], 'num_prompt': P} (P = soft-prompt length, 0 without prompt tuning)."""
 
     config: BertConfig
     with_pooler: bool = False
@@ -186,9 +229,21 @@ class BertModel(nn.Module):
         c = self.config
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        x, table = BertEmbeddings(c, deterministic, name="embeddings")(input_ids, token_type_ids)
+        prefix = delta_leaf(self, "encoder/layer/0/attention/self/prefix_key")
+        past = 0 if prefix is None else prefix.shape[0]
+        x, table = BertEmbeddings(c, deterministic, name="embeddings")(input_ids, token_type_ids, past)
+        num_prompt = x.shape[1] - input_ids.shape[1]
+        if num_prompt:
+            ones = jnp.ones((input_ids.shape[0], num_prompt), attention_mask.dtype)
+            attention_mask = jnp.concatenate([ones, attention_mask], axis=1)
         x = BertEncoder(c, deterministic, name="encoder")(x, padding_mask(attention_mask))
         pooled = None
         if c.add_pooling_layer or self.with_pooler:
             pooled = BertPooler(c, name="pooler")(x)
-        return {"hidden": x, "pooled": pooled, "embedding": table}
+        return {
+            "hidden": x,
+            "pooled": pooled,
+            "embedding": table,
+            "mask": attention_mask,
+            "num_prompt": num_prompt,
+        }

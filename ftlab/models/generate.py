@@ -55,11 +55,14 @@ def generate(
     rng: Array | None = None,
     eos_token_id: int | list[int] | None = None,
     pad_token_id: int | None = None,
+    delta: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """New tokens [B, max_new_tokens] for a causal_lm `model` (from build_model(cfg, 'causal_lm')).
 
     input_ids, attention_mask: [B, T], prompts LEFT-padded (mask 0 on the left). After a row emits
     `eos_token_id` it is filled with `pad_token_id` (default: the first eos id), as HF does.
+    `delta`: a module delta's `delta` collection (e.g. `ftlab.deltas.prefix.apply(θ₀, δ)['delta']`, with
+    params = that call's 'params'); a prefix occupies P extra key/value slots in every step.
     The prefill and the decode loop (lax.scan over steps) are one jitted function, cached per
     (model, shapes, sampling settings).
     """
@@ -74,17 +77,17 @@ def generate(
     eos = () if eos_token_id is None else tuple(int(e) for e in np.atleast_1d(eos_token_id))
     pad = int(pad_token_id) if pad_token_id is not None else (eos[0] if eos else 0)
     rng = jax.random.key(0) if rng is None else rng
+    variables = {"params": params} if delta is None else {"params": params, "delta": delta}
     out = _generate(
-        model, params, ids, mask, rng, max_new_tokens, greedy, float(temperature), top_k, eos, pad
+        model, variables, ids, mask, rng, max_new_tokens, greedy, float(temperature), top_k, eos, pad
     )
     return np.asarray(out)
 
 
 @partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10))
-def _generate(model, params, ids, mask, rng, max_new_tokens, greedy, temperature, top_k, eos, pad):
+def _generate(model, variables, ids, mask, rng, max_new_tokens, greedy, temperature, top_k, eos, pad):
     b, t = ids.shape
     s = t + max_new_tokens
-    variables = {"params": params}
     key_mask = jnp.concatenate([mask, jnp.ones((b, max_new_tokens), jnp.int32)], axis=1)
     # As HF generate: positions count real tokens only, so left padding does not shift them.
     positions = jnp.where(mask == 0, 1, jnp.cumsum(mask, axis=1) - 1)

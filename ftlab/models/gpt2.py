@@ -5,7 +5,8 @@
 
 HF stores these Conv1D weights as [in, out] already, so they load without a transpose. Pre-LN blocks,
 learned positions, tied LM head. Attention lives in `GPT2Attention`, the feed-forward block in `GPT2MLP`.
-KV cache as in ftlab.models.llama.
+KV cache as in ftlab.models.llama. Module-delta sites as in ftlab.models.llama: `prompt` (backbone scope),
+h/{i}/attn/prefix_key, prefix_value, h/{i}/attn/adapter, h/{i}/mlp/adapter, and every Dense / Embed.
 """
 
 from __future__ import annotations
@@ -18,8 +19,17 @@ import numpy as np
 from flax import linen as nn
 
 from ftlab.models.configs import GPT2Config
-from ftlab.models.layers import Dense, Embed, LayerNorm, activation, compute_dtype, dot_product_attention
-from ftlab.models.llama import decoder_mask, update_cache
+from ftlab.models.layers import (
+    Dense,
+    Embed,
+    LayerNorm,
+    activation,
+    adapters,
+    compute_dtype,
+    dot_product_attention,
+    with_prefix,
+)
+from ftlab.models.llama import decoder_mask, prompt_and_prefix, update_cache
 
 Array = jax.Array
 
@@ -42,16 +52,22 @@ class GPT2Attention(nn.Module):
         dt = compute_dtype(c.dtype)
         b, t, d = x.shape
         h = c.n_head
-        qkv = Dense(3 * d, True, dt, _init(c), name="c_attn")(x)
+        det = self.deterministic
+        qkv = Dense(3 * d, True, dt, _init(c), name="c_attn", deterministic=det)(x)
         q, k, v = (y.reshape(b, t, h, d // h) for y in jnp.split(qkv, 3, axis=-1))
         new_cache = None
         if layer_cache is not None:
             k, v, new_cache = update_cache(layer_cache, k, v, cache_index)
+        if self.has_variable("delta", "prefix_key"):
+            prefix = (self.get_variable("delta", "prefix_key"), self.get_variable("delta", "prefix_value"))
+            k, v, mask = with_prefix(k, v, mask, *prefix)
         rng = self.make_rng("dropout") if (not self.deterministic and c.attn_pdrop > 0) else None
         scale = (d // h) ** -0.5 if c.scale_attn_weights else 1.0
         out = dot_product_attention(q, k, v, mask, dropout_rate=c.attn_pdrop, dropout_rng=rng, scale=scale)
-        out = Dense(d, True, dt, _init(c, residual=True), name="c_proj")(out.reshape(b, t, d))
-        return nn.Dropout(c.resid_pdrop)(out, deterministic=self.deterministic), new_cache
+        out = Dense(d, True, dt, _init(c, residual=True), name="c_proj", deterministic=det)(
+            out.reshape(b, t, d)
+        )
+        return adapters(self, nn.Dropout(c.resid_pdrop)(out, deterministic=det)), new_cache
 
 
 class GPT2MLP(nn.Module):
@@ -63,9 +79,12 @@ class GPT2MLP(nn.Module):
         c = self.config
         dt = compute_dtype(c.dtype)
         inner = c.n_inner or 4 * c.n_embd
-        x = activation(c.activation_function)(Dense(inner, True, dt, _init(c), name="c_fc")(x))
-        x = Dense(c.n_embd, True, dt, _init(c, residual=True), name="c_proj")(x)
-        return nn.Dropout(c.resid_pdrop)(x, deterministic=self.deterministic)
+        det = self.deterministic
+        x = activation(c.activation_function)(
+            Dense(inner, True, dt, _init(c), name="c_fc", deterministic=det)(x)
+        )
+        x = Dense(c.n_embd, True, dt, _init(c, residual=True), name="c_proj", deterministic=det)(x)
+        return adapters(self, nn.Dropout(c.resid_pdrop)(x, deterministic=det))
 
 
 class GPT2Block(nn.Module):
@@ -106,7 +125,8 @@ class GPT2Layers(nn.Module):
 
 
 class GPT2Model(nn.Module):
-    """Backbone. Returns ({'hidden': [B, T, D], 'pooled': None, 'embedding': [V, D]}, new_cache | None)."""
+    """Backbone. Returns ({'hidden': [B, P+T, D], 'pooled': None, 'embedding': [V, D], 'mask': [B, P+S],
+    'num_prompt': P}, new_cache | None), as LlamaModel."""
 
     config: GPT2Config
 
@@ -133,9 +153,20 @@ class GPT2Model(nn.Module):
                 jnp.arange(t) + (0 if cache_index is None else cache_index), (b, t)
             )
         wte = Embed(c.vocab_size, c.n_embd, dt, _init(c), name="wte")
-        x = wte(input_ids) + Embed(c.n_positions, c.n_embd, dt, _init(c), name="wpe")(position_ids)
+        x, attention_mask, position_ids, num_prompt = prompt_and_prefix(
+            self, wte(input_ids), attention_mask, position_ids, cache, "h/0/attn/prefix_key"
+        )
+        t = x.shape[1]
+        x = x + Embed(c.n_positions, c.n_embd, dt, _init(c), name="wpe")(position_ids)
         x = nn.Dropout(c.embd_pdrop)(x, deterministic=deterministic)
         mask = decoder_mask(attention_mask, t, cache_index if cache is not None else None)
         x, new_cache = GPT2Layers(c, deterministic, name="h")(x, mask, cache, cache_index)
         x = LayerNorm(c.layer_norm_epsilon, dt, name="ln_f")(x)
-        return {"hidden": x, "pooled": None, "embedding": wte.embedding}, new_cache
+        out = {
+            "hidden": x,
+            "pooled": None,
+            "embedding": wte.embedding,
+            "mask": attention_mask,
+            "num_prompt": num_prompt,
+        }
+        return out, new_cache

@@ -136,6 +136,9 @@ class TaskModel(nn.Module):
 
     Decoders also accept `position_ids` [B, T], `cache` (per-layer k/v, see `generate.init_cache`) and
     `cache_index` (slot of the first query); with a cache the call returns (output, new_cache).
+    Module deltas are read from the `delta` collection (see the model files); with a soft prompt of length P
+    the backbone runs on P + T positions, sequence heads pool over them (BERT's pooler sees the first prompt
+    vector, as with PEFT) and per-token outputs are returned for the T input tokens only.
     """
 
     config: ModelConfig
@@ -190,12 +193,18 @@ class TaskModel(nn.Module):
             out, new_cache = backbone(
                 input_ids, attention_mask, deterministic, position_ids, cache, cache_index
             )
+        num_prompt = out.get("num_prompt", 0)
         if self.head is None:
             result = out["hidden"].astype(jnp.float32)
         else:
             # Only the query block's mask matters for pooling; with a cache `attention_mask` spans all slots.
+            # A soft prompt (prompt tuning) extends the query block: its positions count for pooling.
             q_mask = attention_mask if cache is None else jnp.ones(input_ids.shape, jnp.int32)
+            if num_prompt:
+                q_mask = out["mask"]
             result = Head(self.config, self.head, self.num_labels, self.pooling, name="head")(
                 out, q_mask, deterministic
             ).astype(jnp.float32)
+        if num_prompt and self.head != "sequence_classification":
+            result = result[:, num_prompt:]  # per-token outputs are for the input tokens only
         return result if cache is None else (result, new_cache)

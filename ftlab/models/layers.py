@@ -3,10 +3,13 @@
 Parameters are always created in float32; `dtype` is the compute dtype (float32 or bfloat16). Norm statistics
 and the attention softmax are computed in float32 whatever the compute dtype, as Hugging Face does.
 
-Module deltas read the `delta` variable collection at the module path they modify. The LoRA hook lives here,
-in `Dense`, because every linear layer of every ftlab model is this `Dense`:
+Module deltas read the `delta` variable collection at the module path they modify. The LoRA and IA³ hooks live
+here, in `Dense`, because every linear layer of every ftlab model is this `Dense`:
 
     y = x @ kernel + bias + lora_scale * ((x @ lora_a) @ lora_b)     # W + BA is never formed
+
+plus LoRA on `Embed`, and the helpers the model files use at their sites: `adapters` (bottleneck adapter
+stacks), `with_prefix` (prefix tuning's extra key/value slots), `delta_leaf` (a delta in a child's scope).
 
 Shape letters: B batch, T query length, S key length, D model width, H query heads, K key/value heads,
 G = H // K query heads per key/value head, Dh head width, V vocabulary.

@@ -6,7 +6,15 @@
     layers/{i}/mlp/{gate_proj,up_proj,down_proj}/{kernel,bias?}
 
 Pre-RMSNorm blocks, RoPE (default / linear / llama3 scaling), grouped-query attention, SwiGLU MLP.
-Attention lives in `LlamaAttention`, the feed-forward block in `LlamaMLP` (the delta sites).
+Attention lives in `LlamaAttention`, the feed-forward block in `LlamaMLP` (the delta sites):
+
+    every Dense                           lora_*, ia3_in/ia3_out (layers.Dense); embed_tokens: lora_a/lora_b
+    prompt [P, D]                         soft prompt prepended to the token embeddings (positions 0..P-1)
+    layers/{i}/self_attn/prefix_key, prefix_value [P, K*Dh]   prefix tuning: P extra key/value slots before
+                                          the real (or cached) ones, not rotated; real tokens' positions are
+                                          shifted by P, as HF does when PEFT passes the prefix as past_key_values
+    layers/{i}/self_attn/adapter, layers/{i}/mlp/adapter      bottleneck adapters on the sub-block output,
+                                          before the residual add
 
 KV cache (generation): `cache` is {"0": {"k": [B, S, K, Dh], "v": [B, S, K, Dh]}, ...}; the T new tokens
 are written at slots cache_index .. cache_index+T-1 and attend to every slot <= their own whose
@@ -27,12 +35,15 @@ from ftlab.models.layers import (
     Embed,
     RMSNorm,
     activation,
+    adapters,
     apply_rope,
     causal_mask,
     compute_dtype,
+    delta_leaf,
     dot_product_attention,
     padding_mask,
     rope_inv_freq,
+    with_prefix,
 )
 
 Array = jax.Array
@@ -68,36 +79,43 @@ class LlamaAttention(nn.Module):
         init = nn.initializers.normal(c.initializer_range)
         h, kh, dh = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         b, t, _ = x.shape
-        q = Dense(h * dh, c.qkv_bias, dt, init, name="q_proj")(x).reshape(b, t, h, dh)
-        k = Dense(kh * dh, c.qkv_bias, dt, init, name="k_proj")(x).reshape(b, t, kh, dh)
-        v = Dense(kh * dh, c.qkv_bias, dt, init, name="v_proj")(x).reshape(b, t, kh, dh)
+        det = self.deterministic
+        q = Dense(h * dh, c.qkv_bias, dt, init, name="q_proj", deterministic=det)(x).reshape(b, t, h, dh)
+        k = Dense(kh * dh, c.qkv_bias, dt, init, name="k_proj", deterministic=det)(x).reshape(b, t, kh, dh)
+        v = Dense(kh * dh, c.qkv_bias, dt, init, name="v_proj", deterministic=det)(x).reshape(b, t, kh, dh)
         inv_freq = rope_inv_freq(dh, c.rope_theta, c.rope_scaling)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         new_cache = None
         if layer_cache is not None:
             k, v, new_cache = update_cache(layer_cache, k, v, cache_index)
+        if self.has_variable("delta", "prefix_key"):
+            prefix = (self.get_variable("delta", "prefix_key"), self.get_variable("delta", "prefix_value"))
+            k, v, mask = with_prefix(k, v, mask, *prefix)
         rate = c.attention_dropout
         rng = self.make_rng("dropout") if (not self.deterministic and rate > 0) else None
         out = dot_product_attention(q, k, v, mask, dropout_rate=rate, dropout_rng=rng)
-        out = Dense(c.hidden_size, c.o_bias, dt, init, name="o_proj")(out.reshape(b, t, h * dh))
-        return out, new_cache
+        out = Dense(c.hidden_size, c.o_bias, dt, init, name="o_proj", deterministic=det)(
+            out.reshape(b, t, h * dh)
+        )
+        return adapters(self, out), new_cache
 
 
 class LlamaMLP(nn.Module):
     """SwiGLU: down(act(gate(x)) * up(x)). [B, T, D] -> [B, T, D]."""
 
     config: LlamaConfig
+    deterministic: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         c = self.config
         dt = compute_dtype(c.dtype)
         init = nn.initializers.normal(c.initializer_range)
-        gate = Dense(c.intermediate_size, c.mlp_bias, dt, init, name="gate_proj")(x)
-        up = Dense(c.intermediate_size, c.mlp_bias, dt, init, name="up_proj")(x)
-        return Dense(c.hidden_size, c.mlp_bias, dt, init, name="down_proj")(
-            activation(c.hidden_act)(gate) * up
-        )
+        det = self.deterministic
+        gate = Dense(c.intermediate_size, c.mlp_bias, dt, init, name="gate_proj", deterministic=det)(x)
+        up = Dense(c.intermediate_size, c.mlp_bias, dt, init, name="up_proj", deterministic=det)(x)
+        down = Dense(c.hidden_size, c.mlp_bias, dt, init, name="down_proj", deterministic=det)
+        return adapters(self, down(activation(c.hidden_act)(gate) * up))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -113,7 +131,9 @@ class LlamaDecoderLayer(nn.Module):
             h, positions, mask, layer_cache, cache_index
         )
         x = x + h
-        x = x + LlamaMLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, dt, name="post_attention_layernorm")(x))
+        x = x + LlamaMLP(c, self.deterministic, name="mlp")(
+            RMSNorm(c.rms_norm_eps, dt, name="post_attention_layernorm")(x)
+        )
         return x, new_cache
 
 
@@ -138,7 +158,8 @@ class LlamaLayers(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    """Backbone. Returns ({'hidden': [B, T, D], 'pooled': None, 'embedding': [V, D]}, new_cache | None)."""
+    """Backbone. Returns ({'hidden': [B, P+T, D], 'pooled': None, 'embedding': [V, D], 'mask': [B, P+S],
+    'num_prompt': P}, new_cache | None); P = soft-prompt length (0 without prompt tuning)."""
 
     config: LlamaConfig
 
@@ -169,7 +190,52 @@ class LlamaModel(nn.Module):
             c.vocab_size, c.hidden_size, dt, nn.initializers.normal(c.initializer_range), name="embed_tokens"
         )
         x = embed(input_ids)
+        x, attention_mask, position_ids, num_prompt = prompt_and_prefix(
+            self, x, attention_mask, position_ids, cache, "layers/0/self_attn/prefix_key"
+        )
+        t = x.shape[1]
         mask = decoder_mask(attention_mask, t, cache_index if cache is not None else None)
         x, new_cache = LlamaLayers(c, deterministic, name="layers")(x, position_ids, mask, cache, cache_index)
         x = RMSNorm(c.rms_norm_eps, dt, name="norm")(x)
-        return {"hidden": x, "pooled": None, "embedding": embed.embedding}, new_cache
+        out = {
+            "hidden": x,
+            "pooled": None,
+            "embedding": embed.embedding,
+            "mask": attention_mask,
+            "num_prompt": num_prompt,
+        }
+        return out, new_cache
+
+
+def prompt_and_prefix(
+    module: nn.Module,
+    x: Array,
+    attention_mask: Array,
+    position_ids: Array,
+    cache: dict | None,
+    prefix_path: str,
+) -> tuple[Array, Array, Array, int]:
+    """Decoder inputs with prompt / prefix tuning applied (shared by Llama and GPT-2).
+
+    x: [B, T, D] token embeddings; attention_mask [B, S]; position_ids [B, T] of the real tokens.
+    Soft prompt (delta `prompt` [P, D] in `module`'s scope): prepended, mask extended with ones, positions
+    0..P-1 for the prompt and the given positions + P for the tokens (HF on PEFT's `inputs_embeds`).
+    Prefix (delta at `prefix_path`, length P): positions + P, as HF counts the past key/values PEFT passes.
+    Returns (x [B, P+T, D], attention_mask [B, P+S], position_ids [B, P+T], P of the prompt).
+    """
+    b = x.shape[0]
+    prefix = delta_leaf(module, prefix_path)
+    if prefix is not None:
+        position_ids = position_ids + prefix.shape[0]
+    if not module.has_variable("delta", "prompt"):
+        return x, attention_mask, position_ids, 0
+    if cache is not None:
+        raise ValueError("prompt tuning with a KV cache is not supported (run the prompt without a cache)")
+    prompt = module.get_variable("delta", "prompt").astype(x.dtype)
+    p = prompt.shape[0]
+    x = jnp.concatenate([jnp.broadcast_to(prompt[None], (b, p, prompt.shape[1])), x], axis=1)
+    attention_mask = jnp.concatenate([jnp.ones((b, p), attention_mask.dtype), attention_mask], axis=1)
+    position_ids = jnp.concatenate(
+        [jnp.broadcast_to(jnp.arange(p), (b, p)).astype(position_ids.dtype), position_ids + p], axis=1
+    )
+    return x, attention_mask, position_ids, p

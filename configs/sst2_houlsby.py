@@ -1,0 +1,29 @@
+"""SST-2 sentiment, MiniLM Houlsby adapters (bottleneck 24 = 384/16, swish) after attention and FFN.
+
+Trainable: 2·L·(2·D·m + m + D) = 226,032 adapter parameters on MiniLM, plus the head.
+lr 1e-3; epochs and batch size as sst2_full.
+Paper/reference: Houlsby et al. 2019, "Parameter-Efficient Transfer Learning for NLP" (lr 1e-4..1e-3; AdapterHub defaults).
+Command:  python scripts/train.py --config configs/sst2_houlsby.py --workdir runs/sst2_houlsby
+Expected: dev accuracy within ~1-2 points of sst2_full (HF+PyTorch full FT, :quick: 0.858); not yet measured with ftlab on MiniLM.
+"""
+
+from ftlab.train.loop import apply_variant, default_config
+
+
+def get_config(variant=None):
+    c = default_config()
+    c.task.name = "sst2"
+    c.delta.method = "houlsby"
+    c.delta.reduction_factor = 16
+    c.delta.non_linearity = "swish"
+    c.train.epochs = 1
+    c.train.batch_size = 32
+    c.train.eval_every = 700
+    c.optim.lr = 1e-3
+    return apply_variant(
+        c,
+        variant,
+        {
+            "quick": {"task.train_subset": 20000, "train.eval_every": 0},
+        },
+    )

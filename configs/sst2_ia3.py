@@ -1,0 +1,27 @@
+"""SST-2 sentiment, MiniLM IA³ scaling vectors on keys, values and the FFN / attention-output inputs (PEFT's BERT targets).
+
+Trainable: L·(D + D + D + 4D) = 16,128 scaling parameters on MiniLM, plus the head.
+lr 3e-3; epochs and batch size as sst2_full.
+Paper/reference: Liu et al. 2022, "Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context Learning" (T-Few lr 3e-3).
+Command:  python scripts/train.py --config configs/sst2_ia3.py --workdir runs/sst2_ia3
+Expected: dev accuracy a few points below sst2_full (HF+PyTorch full FT, :quick: 0.858); not yet measured with ftlab on MiniLM.
+"""
+
+from ftlab.train.loop import apply_variant, default_config
+
+
+def get_config(variant=None):
+    c = default_config()
+    c.task.name = "sst2"
+    c.delta.method = "ia3"
+    c.train.epochs = 1
+    c.train.batch_size = 32
+    c.train.eval_every = 700
+    c.optim.lr = 3e-3
+    return apply_variant(
+        c,
+        variant,
+        {
+            "quick": {"task.train_subset": 20000, "train.eval_every": 0},
+        },
+    )

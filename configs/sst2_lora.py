@@ -1,0 +1,30 @@
+"""SST-2 sentiment, MiniLM LoRA r=8, α=16 on query/value (+ the classifier head).
+
+Trainable: 2·L·r·(D+D) = 73,728 LoRA parameters on MiniLM-L6-H384, plus the head.
+lr 5e-4; epochs and batch size as sst2_full.
+Paper/reference: Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models" (GLUE recipe: r=8, α=16, q/v, lr 4e-4..5e-4).
+Command:  python scripts/train.py --config configs/sst2_lora.py --workdir runs/sst2_lora
+Expected: dev accuracy within ~1-2 points of sst2_full (HF+PyTorch full FT, :quick: 0.858); not yet measured with ftlab on MiniLM.
+"""
+
+from ftlab.train.loop import apply_variant, default_config
+
+
+def get_config(variant=None):
+    c = default_config()
+    c.task.name = "sst2"
+    c.delta.method = "lora"
+    c.delta.r = 8
+    c.delta.alpha = 16.0
+    c.delta.dropout = 0.1
+    c.train.epochs = 1
+    c.train.batch_size = 32
+    c.train.eval_every = 700
+    c.optim.lr = 5e-4
+    return apply_variant(
+        c,
+        variant,
+        {
+            "quick": {"task.train_subset": 20000, "train.eval_every": 0},
+        },
+    )

@@ -1,0 +1,29 @@
+"""SST-2 sentiment, MiniLM Pfeiffer adapters (bottleneck 24 = 384/16, relu) after the FFN only.
+
+Trainable: L·(2·D·m + m + D) = 113,016 adapter parameters on MiniLM, plus the head.
+lr 1e-3; epochs and batch size as sst2_full.
+Paper/reference: Pfeiffer et al. 2020, "AdapterFusion" / "MAD-X" (AdapterHub Pfeiffer config; lr 1e-4..1e-3).
+Command:  python scripts/train.py --config configs/sst2_pfeiffer.py --workdir runs/sst2_pfeiffer
+Expected: dev accuracy within ~1-2 points of sst2_full (HF+PyTorch full FT, :quick: 0.858); not yet measured with ftlab on MiniLM.
+"""
+
+from ftlab.train.loop import apply_variant, default_config
+
+
+def get_config(variant=None):
+    c = default_config()
+    c.task.name = "sst2"
+    c.delta.method = "pfeiffer"
+    c.delta.reduction_factor = 16
+    c.delta.non_linearity = "relu"
+    c.train.epochs = 1
+    c.train.batch_size = 32
+    c.train.eval_every = 700
+    c.optim.lr = 1e-3
+    return apply_variant(
+        c,
+        variant,
+        {
+            "quick": {"task.train_subset": 20000, "train.eval_every": 0},
+        },
+    )
