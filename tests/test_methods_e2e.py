@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from ftlab import config as config_lib
 from ftlab import deltas
 from ftlab.train.loop import train_and_evaluate
