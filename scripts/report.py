@@ -116,8 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         " `bash scripts/run_experiments.sh <config names>` (FTLAB_DATA=../shared/data). Single seed (42)"
         " unless a name says otherwise: expect ±1–2 points of seed noise on the small dev sets.\n\n"
         "'dev (best eval)' is the eval with the best early-stopping score (bold); 'dev (final)' the last eval."
-        " steps/s excludes the first (compiling) step and includes the time of periodic evals' host work only"
-        " outside the step. The HF+PyTorch reference column quotes ../shared/reference/hf-baselines.md.\n\n"
+        " The HF+PyTorch reference column quotes ../shared/reference/hf-baselines.md.\n\n"
+        "**steps/s and peak RSS are not benchmarks.** These runs shared the 2 cores with each other (two runs"
+        " at a time, one pinned per core, single-threaded XLA) and with test processes, so their steps/s say"
+        " nothing about ftlab's speed on a quiet machine (see the benchmark issue). steps/s is the median over"
+        " log windows (mrpc_full and stsb_full, run first, report the mean over steps including compilations).\n\n"
     )
     with open(args.out, "w") as f:
         f.write(intro + table(rows) + f"\n\n![dev scores]({os.path.basename(png)})\n")
