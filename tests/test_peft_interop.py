@@ -65,6 +65,7 @@ def tiny(request, tmp_path_factory, hf_offline):
     return request.param, base, hf, model, task
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(METHODS))
 def test_export_loads_in_peft_with_same_outputs(name, tiny, tmp_path):
     fam, base, hf, model, task = tiny

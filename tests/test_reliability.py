@@ -28,6 +28,7 @@ def test_nonfinite_loss_stops_with_clear_error(tmp_path, tiny_bert_dir):
         train_and_evaluate(cfg, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_nonfinite_skip_keeps_delta_finite(tmp_path, tiny_bert_dir):
     from safetensors.numpy import load_file
 
@@ -50,6 +51,7 @@ def test_unwritable_workdir_fails_before_training(tmp_path, tiny_bert_dir):
         train_and_evaluate(_cfg(tiny_bert_dir), target)
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_names_the_directory(tmp_path, tiny_bert_dir):
     cfg = _cfg(tiny_bert_dir, "train.max_steps=4", "train.checkpoint_every=4")
     train_and_evaluate(cfg, str(tmp_path))

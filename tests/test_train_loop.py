@@ -76,6 +76,7 @@ def test_unknown_config_key_names_closest(tmp_path, tiny_bert_dir):
     assert "unknown config key 'optim.learning_rate'" in p.stderr and "did you mean" in p.stderr
 
 
+@pytest.mark.slow
 def test_layer_removal_trains_a_smaller_model(tmp_path, tiny_bert_dir):
     _run(tmp_path, tiny_bert_dir, "--config.delta.method=remove", "--config.delta.k=1", "--config.train.max_steps=2")
     r = json.load(open(tmp_path / "results.json"))
