@@ -13,6 +13,8 @@ def get_config(variant=None):
     c = default_config()
     c.task.name = "sst2"
     c.delta.method = "frozen"
+    # all-MiniLM-L6-v2 was trained with mean pooling (its 1_Pooling config); its BERT pooler never was.
+    c.model.pooling = "mean"
     c.train.epochs = 1
     c.train.batch_size = 32
     c.train.eval_every = 700
