@@ -305,7 +305,7 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
     step = start_step
     stopped_early = False
     window_rates: list[float] = []  # steps/s per log window (the host syncs at each log step)
-    t_window, steps_in_window = time.perf_counter(), 0
+    t_window = time.perf_counter()
     last_eval: dict | None = None
     window: list = []
     epoch = step // steps_per_epoch
@@ -324,8 +324,7 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
             if step % tc.log_every == 0 or step == total_steps:
                 host = jax.device_get(window)  # waits for the window's steps: dispatch is asynchronous
                 window = []
-                steps_in_window += len(host)
-                window_rates.append(steps_in_window / (time.perf_counter() - t_window))
+                window_rates.append(len(host) / (time.perf_counter() - t_window))
                 if not all(bool(x["finite"]) for x in host) and tc.on_nonfinite == "stop":
                     raise FloatingPointError(f"non-finite loss or gradient at or before step {step}; "
                                              "lower the learning rate or set train.on_nonfinite=skip")
@@ -364,7 +363,7 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
             if stopped_early:
                 break
             if step % tc.log_every == 0:  # restart the throughput window after logging, eval and checkpoint
-                t_window, steps_in_window = time.perf_counter(), 0
+                t_window = time.perf_counter()
         epoch += 1
     progress.close()
     logger.close()
