@@ -13,9 +13,9 @@ def get_config(variant=None):
     c = default_config()
     c.task.name = "conll2003"
     c.delta.method = "frozen"
-    c.train.epochs = 1
+    c.train.epochs = 2  # as conll_full
     c.train.batch_size = 32
-    c.optim.lr = 1e-3
+    c.optim.lr = 3e-3
     return apply_variant(c, variant, {
 
     })

@@ -16,6 +16,8 @@ def get_config(variant=None):
     c.delta.method = "lastlayer"
     c.train.epochs = 1
     c.train.batch_size = 32
+    c.train.bucket = True  # as sst2_full
+    c.train.pad_to_multiple_of = 16
     c.train.eval_every = 700
     c.optim.lr = 1e-4
     return apply_variant(
