@@ -14,6 +14,9 @@ def get_config(variant=None):
     c = default_config()
     c.task.name = "stsb"
     c.delta.method = "prefix"
+    # The pooler stays frozen under this method, and all-MiniLM-L6-v2 never trained it (it was trained with
+    # mean pooling): a frozen untrained tanh pooler caps the score, so pool by the mean as the model was trained.
+    c.model.pooling = "mean"
     c.delta.num_virtual_tokens = 20
     c.delta.init_std = 1.0
     c.train.epochs = 5
