@@ -1,10 +1,12 @@
-"""The `ftlab` command: train, eval, info, export, plot.
+"""The `ftlab` command: train, eval, info, export, plot, bench.
 
     ftlab train  --config configs/<exp>.py[:variant] --workdir DIR [--config.key=value ...]
     ftlab eval   --workdir DIR [--split dev]              # re-evaluate the exported δ of a finished run
     ftlab info   --workdir DIR | --config FILE[:variant]  # trainable parameters by path group, δ bytes, base hash
     ftlab export --workdir DIR --out FOLDER               # merge δ into θ₀, write a Hugging Face folder
     ftlab plot   --workdir DIR [DIR ...] --out FILE.png   # learning curves (train loss, dev score)
+    ftlab bench  [--models minilm,smollm2] [--methods ...] [--steps N] [--warmup N] [--out docs/bench]
+                                                          # CPU benchmark vs transformers + PEFT (scripts/bench.py)
 """
 
 from __future__ import annotations
@@ -175,7 +177,22 @@ def cmd_plot(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "export": cmd_export, "plot": cmd_plot}
+def cmd_bench(argv: list[str]) -> int:
+    """scripts/bench.py of the source checkout (it needs torch and peft, the `test` extras)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+    if not path.is_file():
+        raise SystemExit(f"error: {path} not found: `ftlab bench` runs from a source checkout")
+    spec = importlib.util.spec_from_file_location("ftlab_bench_script", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench.main(argv)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "export": cmd_export, "plot": cmd_plot,
+            "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,8 +80,14 @@ def default_config() -> config_lib.Config:
 
 
 # --------------------------------------------------------------------------------------------------------
-def prepare(cfg: config_lib.Config) -> dict[str, Any]:
-    """Base model, task, head and initial params: what training, evaluation and export share."""
+TASK_HEADS = {"classification": "sequence_classification", "regression": "sequence_classification",
+              "tagging": "token_classification"}
+
+
+def prepare(cfg: config_lib.Config, head: str | None = None) -> dict[str, Any]:
+    """Base model, task, head and initial params: what training, evaluation and export share.
+
+    `head` overrides the head the task implies (e.g. 'causal_lm' for the language-model benchmark)."""
     from ftlab.checkpoint import load_base
     from ftlab.models import build_model, init_params
     from ftlab.tasks import get_task
@@ -94,9 +100,8 @@ def prepare(cfg: config_lib.Config) -> dict[str, Any]:
         import dataclasses
 
         model_config = dataclasses.replace(model_config, **overrides)
-    head = {"classification": "sequence_classification", "regression": "sequence_classification",
-            "tagging": "token_classification"}[task.kind]
-    model = build_model(model_config, head=head, num_labels=task.num_labels, pooling=cfg.model.pooling)
+    model = build_model(model_config, head=head or TASK_HEADS[task.kind], num_labels=task.num_labels,
+                        pooling=cfg.model.pooling)
     example = jnp.ones((1, 8), jnp.int32)
     params, fresh = init_params(model, jax.random.fold_in(jax.random.key(cfg.seed), 1), base.params, example)
     return {"task": task, "base": base, "model": model, "params": params, "fresh_paths": list(fresh)}
@@ -201,6 +206,60 @@ def evaluate(eval_step, state: dict, base, task, enc, batch_size: int, pad_id: i
     return result
 
 
+def init_delta(cfg: config_lib.Config, prep: dict[str, Any]) -> dict[str, Any]:
+    """The config's δ on prep's θ₀: {'method', 'delta_mod', 'delta_cfg', 'delta', 'train', 'fixed' (δ split
+    into trainable and fixed leaves), 'model' (prep's model, or the one a structural δ turns it into)}."""
+    params, base, model = prep["params"], prep["base"], prep["model"]
+    delta_cfg = dict(cfg.delta)
+    method = delta_cfg.pop("method")
+    delta_mod = deltas.get(method)
+    delta_cfg = deltas.check_config(delta_mod, delta_cfg)
+    rng = jax.random.key(cfg.seed)
+    if delta_cfg.get("init_from"):  # staged methods start from a saved δ: it must belong to this base
+        with open(os.path.join(delta_cfg["init_from"], "delta.json")) as f:
+            stage_hash = json.load(f).get("base_hash")
+        if stage_hash != base.hash:
+            raise delta_io.DeltaError(f"{delta_cfg['init_from']}: δ trained on base hash {stage_hash}, "
+                                      f"this run's base has hash {base.hash}")
+    delta = delta_mod.init(jax.random.fold_in(rng, 2), params, delta_cfg)
+    if hasattr(delta_mod, "model_config_after"):  # structural deltas (layer removal) change the model
+        from ftlab.models import build_model
+
+        m = model
+        model = build_model(delta_mod.model_config_after(m.config, delta_cfg), head=m.head,
+                            num_labels=m.num_labels, pooling=m.pooling)
+    missing_fresh = [p for p in prep["fresh_paths"] if p not in tree.flatten(delta)]
+    if missing_fresh and method != "full":
+        raise ValueError(f"freshly initialised parameters {missing_fresh[:5]} are not part of δ "
+                         f"(method {method}): they would be lost when δ is saved alone")
+    train_params, fixed_params = tree.split(delta, delta_mod.trainable(delta))
+    return {"method": method, "delta_mod": delta_mod, "delta_cfg": delta_cfg, "delta": delta,
+            "train": train_params, "fixed": fixed_params, "model": model}
+
+
+def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_steps: int,
+                  kind: str) -> dict[str, Any]:
+    """Optimizer, initial (donated) train state and jitted steps for δ `d` (from `init_delta`) on θ₀ `params`:
+    {'state', 'train_step', 'eval_step', 'lr_schedule'}. `kind`: the loss (a task kind, or 'causal_lm')."""
+    from ftlab import optim
+    from ftlab.deltas.subset import num_layers
+
+    delta_mod, delta, train_params, fixed_params = d["delta_mod"], d["delta"], d["train"], d["fixed"]
+    rng = jax.random.key(cfg.seed)
+    n_layers = num_layers(delta_mod.apply(params, delta)["params"])
+    tx, lr_schedule = optim.build(dict(cfg.optim), train_params, total_steps, n_layers)
+    state = {
+        "step": jnp.zeros([], jnp.int32),
+        "train": train_params,
+        "fixed": fixed_params,
+        "opt_state": tx.init(train_params),
+        "rng": jax.random.key_data(jax.random.fold_in(rng, 3)),  # raw uint32 key data: Orbax saves it
+    }
+    train_step = step_lib.make_train_step(d["model"], delta_mod, tx, kind, cfg.train.on_nonfinite)
+    eval_step = step_lib.make_eval_step(d["model"], delta_mod, kind)
+    return {"state": state, "train_step": train_step, "eval_step": eval_step, "lr_schedule": lr_schedule}
+
+
 # --------------------------------------------------------------------------------------------------------
 def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
     t_start = time.time()
@@ -226,30 +285,9 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
 
     # 2. Base model, task head, delta ---------------------------------------------------------------------
     prep = prepare(cfg)
-    task, base, model, params = prep["task"], prep["base"], prep["model"], prep["params"]
-    delta_cfg = dict(cfg.delta)
-    method = delta_cfg.pop("method")
-    delta_mod = deltas.get(method)
-    delta_cfg = deltas.check_config(delta_mod, delta_cfg)
-    rng = jax.random.key(cfg.seed)
-    if delta_cfg.get("init_from"):  # staged methods start from a saved δ: it must belong to this base
-        with open(os.path.join(delta_cfg["init_from"], "delta.json")) as f:
-            stage_hash = json.load(f).get("base_hash")
-        if stage_hash != base.hash:
-            raise delta_io.DeltaError(f"{delta_cfg['init_from']}: δ trained on base hash {stage_hash}, "
-                                      f"this run's base has hash {base.hash}")
-    delta = delta_mod.init(jax.random.fold_in(rng, 2), params, delta_cfg)
-    if hasattr(delta_mod, "model_config_after"):  # structural deltas (layer removal) change the model
-        from ftlab.models import build_model
-
-        m = model
-        model = build_model(delta_mod.model_config_after(m.config, delta_cfg), head=m.head,
-                            num_labels=m.num_labels, pooling=m.pooling)
-    missing_fresh = [p for p in prep["fresh_paths"] if p not in tree.flatten(delta)]
-    if missing_fresh and method != "full":
-        raise ValueError(f"freshly initialised parameters {missing_fresh[:5]} are not part of δ "
-                         f"(method {method}): they would be lost when δ is saved alone")
-    train_params, fixed_params = tree.split(delta, delta_mod.trainable(delta))
+    task, base, params = prep["task"], prep["base"], prep["params"]
+    d = init_delta(cfg, prep)
+    method, delta_mod, delta_cfg, train_params = d["method"], d["delta_mod"], d["delta_cfg"], d["train"]
     n_train = tree.count(train_params)
     n_total = tree.count(params)
 
@@ -267,20 +305,8 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
     eval_every = tc.eval_every or steps_per_epoch
 
     # 4. Optimizer and steps --------------------------------------------------------------------------------
-    from ftlab import optim
-    from ftlab.deltas.subset import num_layers
-
-    n_layers = num_layers(delta_mod.apply(params, delta)["params"])
-    tx, lr_schedule = optim.build(dict(cfg.optim), train_params, total_steps, n_layers)
-    state = {
-        "step": jnp.zeros([], jnp.int32),
-        "train": train_params,
-        "fixed": fixed_params,
-        "opt_state": tx.init(train_params),
-        "rng": jax.random.key_data(jax.random.fold_in(rng, 3)),  # raw uint32 key data: Orbax saves it
-    }
-    train_step = step_lib.make_train_step(model, delta_mod, tx, task.kind, tc.on_nonfinite)
-    eval_step = step_lib.make_eval_step(model, delta_mod, task.kind)
+    t = init_training(cfg, params, d, total_steps, task.kind)
+    state, train_step, eval_step, lr_schedule = t["state"], t["train_step"], t["eval_step"], t["lr_schedule"]
     base_params = params  # θ₀ (with the fresh head's initial values); never donated, never updated
 
     # 5. Resume ---------------------------------------------------------------------------------------------
