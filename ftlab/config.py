@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import importlib.util
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -131,15 +132,18 @@ def parse_value(text: str, default: Any, key: str) -> Any:
             raise fail("an integer") from None
     if isinstance(default, float):
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise fail("a number") from None
+        if not math.isfinite(value):  # nan/inf would otherwise slip through as a learning rate or a weight
+            raise fail("a finite number")
+        return value
     if isinstance(default, str):
         return text
     if isinstance(default, (list, tuple)):
         try:
             value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             value = [t.strip() for t in text.split(",")] if text.strip() else []
         if isinstance(value, (str, int, float)):
             value = [value]
@@ -152,7 +156,7 @@ def parse_value(text: str, default: Any, key: str) -> Any:
     # default is None: Python literal if it parses, else the raw string.
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return text
 
 

@@ -95,3 +95,17 @@ def test_missing_files(tmp_path, bert_dir):
     (bert_dir / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_base(bert_dir)
+
+
+def test_tokenizer_larger_than_the_embedding_is_refused(bert_dir):
+    """A 40-row embedding with MiniLM's 30,522-token WordPiece tokenizer: ids would index past the table."""
+    import shutil
+
+    from ftlab.checkpoint.hf import resolve
+
+    src = resolve("minilm")
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (src / f).exists():
+            shutil.copy(src / f, bert_dir / f)
+    with pytest.raises(CheckpointError, match=r"tokenizer has 30522 tokens but the model's embedding has 40 rows"):
+        load_base(bert_dir)

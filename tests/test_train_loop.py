@@ -14,12 +14,12 @@ from conftest import REPO
 TRAIN = os.path.join(REPO, "scripts", "train.py")
 
 
-def _run(workdir, tiny_bert_dir, *extra, check=True):
-    cmd = [sys.executable, TRAIN, "--config", os.path.join(REPO, "configs", "sst2_full.py:runlocal"),
+def _run(workdir, tiny_bert_dir, *extra, check=True, script=TRAIN, env_extra=None):
+    cmd = [sys.executable, script, "--config", os.path.join(REPO, "configs", "sst2_full.py:runlocal"),
            "--workdir", str(workdir), f"--config.model.name={tiny_bert_dir}", "--config.task.max_length=32",
            "--config.train.pad_to_multiple_of=32", "--config.train.progress=false", "--config.train.eval_batch_size=256",
            *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     if check and p.returncode != 0:
         raise AssertionError(f"exit {p.returncode}\n{p.stderr[-3000:]}")
@@ -61,6 +61,28 @@ def test_resume_after_sigkill_is_exact(tmp_path, tiny_bert_dir):
     ra = json.load(open(tmp_path / "straight" / "results.json"))
     rb = json.load(open(tmp_path / "killed" / "results.json"))
     assert ra["metrics"] == rb["metrics"] and ra["best_metrics"] == rb["best_metrics"]
+
+
+@pytest.mark.slow
+def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_bert_dir):
+    """Killed after step 8's arrays are in Orbax's temporary directory but before it is finalised: step 4's
+    checkpoint is intact, the half-written step 8 is ignored, and the rerun resumes from 4 to the same values."""
+    common = ["--config.train.max_steps=12", "--config.train.checkpoint_every=4", "--config.train.log_every=1",
+              "--config.train.eval_every=6"]
+    _run(tmp_path / "straight", tiny_bert_dir, *common)
+    killed = _run(tmp_path / "killed", tiny_bert_dir, *common, check=False,
+                  script=os.path.join(REPO, "tests", "_kill_during_checkpoint.py"),
+                  env_extra={"FTLAB_TEST_KILL_STEP": "8"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    ckpts = sorted(os.listdir(tmp_path / "killed" / "checkpoints"))
+    assert "4" in ckpts and "8" not in ckpts, ckpts                     # 8 never became a checkpoint ...
+    assert any("tmp" in name for name in ckpts), ckpts                  # ... its write was really cut short
+    resumed = _run(tmp_path / "killed", tiny_bert_dir, *common)
+    assert "resum" in (resumed.stdout + resumed.stderr).lower()
+    a, b = _metrics(tmp_path / "straight"), _metrics(tmp_path / "killed")
+    assert a == b                                                      # steps 5-8 redone, same values
+    assert json.load(open(tmp_path / "straight" / "results.json"))["metrics"] == json.load(
+        open(tmp_path / "killed" / "results.json"))["metrics"]
 
 
 def test_refuses_to_resume_a_different_config(tmp_path, tiny_bert_dir):

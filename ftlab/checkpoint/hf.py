@@ -302,6 +302,7 @@ def load_base(name_or_path: str | os.PathLike) -> Base:
         from ftlab.checkpoint.gguf import load_gguf
 
         params, config, tokenizer = load_gguf(path)
+        check_vocab(tokenizer, config, path)
         return Base(family(config), config, params, tokenizer, str(path), params_hash(params))
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is neither a folder with config.json nor a .gguf file")
@@ -316,7 +317,22 @@ def load_base(name_or_path: str | os.PathLike) -> Base:
     tensors, source = read_hf_tensors(path)
     params, config = convert_tensors(tensors, config, source, hf_config.get("architectures"))
     tokenizer = _tokenizer(path)
+    check_vocab(tokenizer, config, path)
     return Base(family(config), config, params, tokenizer, str(path), params_hash(params))
+
+
+def check_vocab(tokenizer: Any, config: ModelConfig, where: str | os.PathLike) -> None:
+    """Refuse a tokenizer whose ids can exceed the model's embedding rows (they would index past the table:
+    silently clamped under jit on CPU/TPU, garbage on GPU). A smaller tokenizer is fine (padded vocabularies)."""
+    if tokenizer is None:
+        return
+    n = len(tokenizer)
+    if n > config.vocab_size:
+        raise CheckpointError(
+            f"{where}: the tokenizer has {n} tokens but the model's embedding has {config.vocab_size} rows "
+            f"(config vocab_size); token ids >= {config.vocab_size} would index past it. Use the tokenizer "
+            "saved with this checkpoint."
+        )
 
 
 def _tokenizer(folder: Path) -> Any:
