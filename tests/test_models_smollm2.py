@@ -1,9 +1,10 @@
 """Real SmolLM2-135M-Instruct (GGUF Q4_1): ftlab logits and greedy generation equal transformers' on the same file.
 
-Float32 note (measured): on these logits (|logit| up to ~28, residual stream up to ~2e4 through SmolLM2's
-massive activations) ftlab float32 differs from an ftlab float64 evaluation by ~1.7e-4 and HF float32 by
-~5e-5, so the float32-vs-float32 gap (~1.5e-4) is rounding, not a mapping error. The strict 1e-4 check is made
-with ftlab in float64 against HF; the float32 comparison uses 3e-4.
+Float32 note (measured): SmolLM2's residual stream reaches ~2e4 (massive activations), so float32 rounding
+order matters. With XLA:CPU's default YNNPACK dot fusions ftlab's float32 logits were 1.6e-4 from a float64
+reference (HF PyTorch float32: 6e-5) and 1.5e-4 from HF float32; ftlab turns those fusions off at import
+(ftlab/__init__.py), which gives 1.1e-4 from float64 and 7.7e-5 from HF float32. The float64 check (ftlab
+float64 vs HF float32) guards the mapping itself.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def test_smollm2_logits_match_hf(smollm2):
     d64 = float(np.abs(out64 - ref)[real].max())
     print(f"\n[parity] smollm2 float32: max|Δ| = {d32:.2e}; ftlab float64 vs HF: {d64:.2e}")
     assert d64 <= 1e-4, d64
-    assert d32 <= 3e-4, d32
+    assert d32 <= 1e-4, d32
 
 
 def test_smollm2_greedy_generation_matches_hf(smollm2):
