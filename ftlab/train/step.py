@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from ftlab import tree
 from ftlab.train import losses
@@ -57,8 +58,12 @@ def make_loss_fn(model: nn.Module, delta_mod: ModuleType, kind: str) -> Callable
 
 
 def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientTransformation, kind: str,
-                    on_nonfinite: str = "stop") -> Callable:
-    """jit(step)(state, base, batch) -> (state, metrics); `state` is donated."""
+                    on_nonfinite: str = "stop", shardings: dict | None = None) -> Callable:
+    """jit(step)(state, base, batch) -> (state, metrics); `state` is donated.
+
+    `shardings` ({'state', 'base', 'batch'} from `ftlab.parallel.train_shardings`) fixes the step's input and
+    output layouts: the new state comes back laid out as the old one (so step two reuses the compilation and
+    donation reuses the buffers) and the metrics replicated (readable on every host)."""
     loss_fn = make_loss_fn(model, delta_mod, kind)
 
     def train_step(state: dict, base: Any, batch: dict) -> tuple[dict, dict]:
@@ -78,11 +83,17 @@ def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientT
             metrics["penalty"] = aux["penalty"]
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=(0,))
+    if shardings is None:
+        return jax.jit(train_step, donate_argnums=(0,))
+    everywhere = NamedSharding(shardings["batch"].mesh, PartitionSpec())
+    return jax.jit(train_step, in_shardings=(shardings["state"], shardings["base"], shardings["batch"]),
+                   out_shardings=(shardings["state"], everywhere), donate_argnums=(0,))
 
 
-def make_eval_step(model: nn.Module, delta_mod: ModuleType, kind: str) -> Callable:
-    """jit(eval)(train, fixed, base, batch) -> {'pred', 'loss_sum', 'weight'}."""
+def make_eval_step(model: nn.Module, delta_mod: ModuleType, kind: str, shardings: dict | None = None) -> Callable:
+    """jit(eval)(train, fixed, base, batch) -> {'pred', 'loss_sum', 'weight'}.
+
+    `shardings` as for `make_train_step`; the outputs are then replicated (every host reads all rows)."""
 
     def eval_step(train, fixed, base, batch):
         delta = tree.merge(train, fixed) if fixed else train
@@ -91,4 +102,8 @@ def make_eval_step(model: nn.Module, delta_mod: ModuleType, kind: str) -> Callab
         _, aux = losses.compute(kind, logits, batch)
         return {"pred": losses.predictions(kind, logits), **aux}
 
-    return jax.jit(eval_step)
+    if shardings is None:
+        return jax.jit(eval_step)
+    s = shardings["state"]
+    return jax.jit(eval_step, in_shardings=(s["train"], s["fixed"], shardings["base"], shardings["batch"]),
+                   out_shardings=NamedSharding(shardings["batch"].mesh, PartitionSpec()))
