@@ -63,6 +63,7 @@ def default_config() -> config_lib.Config:
             epochs=1.0,
             max_steps=-1,           # >0 overrides epochs
             batch_size=32,
+            grad_accum=1,           # split each batch into this many microbatches (same update, less memory)
             eval_batch_size=128,
             eval_every=0,           # steps between evals; 0 = at the end of every epoch
             log_every=50,
@@ -255,7 +256,11 @@ def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_
         "opt_state": tx.init(train_params),
         "rng": jax.random.key_data(jax.random.fold_in(rng, 3)),  # raw uint32 key data: Orbax saves it
     }
-    train_step = step_lib.make_train_step(d["model"], delta_mod, tx, kind, cfg.train.on_nonfinite)
+    if cfg.train.grad_accum < 1 or cfg.train.batch_size % cfg.train.grad_accum:
+        raise config_lib.ConfigError(
+            f"train.grad_accum={cfg.train.grad_accum} must be >= 1 and divide train.batch_size={cfg.train.batch_size}")
+    train_step = step_lib.make_train_step(d["model"], delta_mod, tx, kind, cfg.train.on_nonfinite,
+                                          accum_steps=cfg.train.grad_accum)
     eval_step = step_lib.make_eval_step(d["model"], delta_mod, kind)
     return {"state": state, "train_step": train_step, "eval_step": eval_step, "lr_schedule": lr_schedule}
 

@@ -57,19 +57,69 @@ def make_loss_fn(model: nn.Module, delta_mod: ModuleType, kind: str) -> Callable
     return loss_fn
 
 
+def accumulated_value_and_grad(loss_fn: Callable, accum_steps: int) -> Callable:
+    """value_and_grad of `loss_fn` over a batch split into `accum_steps` equal microbatches (a `lax.scan`, so
+    only one microbatch's activations are live at a time), equal to the whole batch's up to rounding.
+
+    Exact for padded and token-level losses: each microbatch contributes its loss *sum* and its weight (real
+    examples or tokens), and the sums are divided by the batch's total weight once. A delta's penalty (diff
+    pruning's L0 term) does not depend on the data and is added once. Microbatch i draws its dropout from
+    fold_in(rng, i)."""
+
+    def sum_loss(train, fixed, base, batch, rng):
+        _, aux = loss_fn(train, fixed, base, batch, rng)
+        return aux["loss_sum"], aux
+
+    def value_and_grad(train, fixed, base, batch, rng):
+        b = jax.tree_util.tree_leaves(batch)[0].shape[0]
+        if b % accum_steps:
+            raise ValueError(f"batch of {b} rows does not split into grad_accum={accum_steps} equal microbatches")
+        micro = jax.tree_util.tree_map(lambda x: x.reshape(accum_steps, b // accum_steps, *x.shape[1:]), batch)
+
+        def body(carry, xs):
+            grads, loss_sum, weight = carry
+            mb, i = xs
+            (ls, aux), g = jax.value_and_grad(sum_loss, has_aux=True)(train, fixed, base, mb,
+                                                                      jax.random.fold_in(rng, i))
+            return (jax.tree_util.tree_map(jnp.add, grads, g), loss_sum + ls, weight + aux["weight"]), aux
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, train)
+        (grads, loss_sum, weight), auxs = jax.lax.scan(
+            body, (zeros, jnp.zeros([], jnp.float32), jnp.zeros([], jnp.float32)), (micro, jnp.arange(accum_steps)))
+        weight = jnp.maximum(weight, 1.0)
+        loss = loss_sum / weight
+        grads = jax.tree_util.tree_map(lambda g: g / weight, grads)
+        aux = {"loss_sum": loss_sum, "weight": weight}
+        if "penalty" in auxs:  # data-independent: the same in every microbatch; its gradient is added once
+            aux["penalty"] = auxs["penalty"][0]
+            loss = loss + aux["penalty"]
+            pen_grads = jax.grad(lambda t: sum_loss(t, fixed, base, jax.tree_util.tree_map(lambda x: x[:1], batch),
+                                                    rng)[1]["penalty"])(train)
+            grads = jax.tree_util.tree_map(jnp.add, grads, pen_grads)
+        return (loss, aux), grads
+
+    return value_and_grad
+
+
 def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientTransformation, kind: str,
-                    on_nonfinite: str = "stop", shardings: dict | None = None) -> Callable:
+                    on_nonfinite: str = "stop", shardings: dict | None = None, accum_steps: int = 1) -> Callable:
     """jit(step)(state, base, batch) -> (state, metrics); `state` is donated.
+
+    `accum_steps` > 1: gradient accumulation over that many equal microbatches of the batch (one optimizer
+    update per step; see `accumulated_value_and_grad`).
 
     `shardings` ({'state', 'base', 'batch'} from `ftlab.parallel.train_shardings`) fixes the step's input and
     output layouts: the new state comes back laid out as the old one (so step two reuses the compilation and
     donation reuses the buffers) and the metrics replicated (readable on every host)."""
     loss_fn = make_loss_fn(model, delta_mod, kind)
+    if accum_steps == 1:
+        value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+    else:
+        value_and_grad = accumulated_value_and_grad(loss_fn, accum_steps)
 
     def train_step(state: dict, base: Any, batch: dict) -> tuple[dict, dict]:
         rng = jax.random.fold_in(state["rng"], state["step"])
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["train"], state["fixed"], base, batch, rng)
+        (loss, aux), grads = value_and_grad(state["train"], state["fixed"], base, batch, rng)
         gnorm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], state["train"])
         new_train = optax.apply_updates(state["train"], updates)
