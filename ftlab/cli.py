@@ -47,8 +47,12 @@ def cmd_train(argv: list[str]) -> int:
     except config_lib.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from ftlab import parallel
     from ftlab.train.loop import train_and_evaluate
 
+    # Several workers (the launcher's JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID, or
+    # FTLAB_DISTRIBUTED=auto on Cloud TPU pod slices): join them before anything touches a device.
+    parallel.initialize()
     results = train_and_evaluate(cfg, args.workdir)
     m = results["best_metrics"] or results["metrics"] or {}
     print(json.dumps({"task": results["task"], "method": results["method"],

@@ -316,3 +316,109 @@ def test_per_device_bytes_counts_shards():
     sh = {"w": jax.sharding.NamedSharding(mesh, P("fsdp")), "b": jax.sharding.NamedSharding(mesh, P())}
     assert parallel.per_device_bytes(x, sh) == 64 * 32 * 4 // 8 + 32 * 4
     assert np.isclose(parallel.per_device_bytes(x, jax.sharding.NamedSharding(mesh, P())), (64 * 32 + 32) * 4)
+
+
+# ------------------------------------------------------------------- the training loop on a mesh (subprocess)
+
+TRAIN = os.path.join(REPO, "scripts", "train.py")
+# The tiny random BERT of tests/test_train_loop.py; 6 steps, a checkpoint every 2, one eval at the end.
+LOOP_ARGS = ["--config.task.max_length=32", "--config.train.pad_to_multiple_of=32", "--config.train.progress=false",
+             "--config.train.eval_batch_size=256", "--config.train.max_steps=6", "--config.train.log_every=1",
+             "--config.train.checkpoint_every=2", "--config.train.eval_every=6"]
+
+
+def _train_cmd(workdir, tiny_bert_dir, devices: int, *extra: str, env_extra=None):
+    env = {**_env(), **(env_extra or {})}
+    env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+                        " --xla_llvm_disable_expensive_passes=true")
+    cmd = [sys.executable, TRAIN, "--config", os.path.join(REPO, "configs", "sst2_full.py:runlocal"),
+           "--workdir", str(workdir), f"--config.model.name={tiny_bert_dir}", *LOOP_ARGS, *extra]
+    return cmd, env
+
+
+def _train(workdir, tiny_bert_dir, devices: int, *extra: str) -> subprocess.CompletedProcess:
+    """scripts/train.py (sst2_full:runlocal) on `devices` fake CPU devices, in a subprocess."""
+    cmd, env = _train_cmd(workdir, tiny_bert_dir, devices, *extra)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO, timeout=900)
+
+
+def _same_losses(a: list[dict], b: list[dict]) -> None:
+    assert [(m["step"], m["kind"]) for m in a] == [(m["step"], m["kind"]) for m in b]
+    for x, y in zip(a, b):
+        print(x["step"], x["kind"], x["loss"], y["loss"])
+        assert abs(x["loss"] - y["loss"]) <= 1e-5 * abs(x["loss"]), (x, y)
+        if x["kind"] == "train":
+            assert abs(x["grad_norm"] - y["grad_norm"]) <= 1e-4 * abs(x["grad_norm"]), (x, y)
+
+
+def _logged(workdir) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.mark.slow
+def test_loop_on_a_mesh_matches_one_device_and_resumes(tmp_path, tiny_bert_dir):
+    """train_and_evaluate on 8 devices as data=2 × fsdp=4: killed right after step 4's checkpoint, rerun with
+    the same command, it finishes; every logged loss (train and eval) equals the one-device run's to 1e-5."""
+    ref = _train(tmp_path / "one", tiny_bert_dir, 1)
+    assert ref.returncode == 0, ref.stderr[-4000:]
+    assert "mesh {" not in ref.stderr  # one device: no sharding table, the unsharded steps
+    mesh = ["--config.parallel.data=2", "--config.parallel.fsdp=4"]
+    killed = _train(tmp_path / "mesh", tiny_bert_dir, 8, *mesh, "--config.train.crash_after_checkpoint=4")
+    assert killed.returncode == -9, killed.stderr[-4000:]
+    assert "mesh {'data': 2, 'fsdp': 4, 'tensor': 1}" in killed.stderr  # the table, logged once
+    assert "backbone/encoder/layer/0/intermediate/dense/kernel" in killed.stderr
+    assert sorted(os.listdir(tmp_path / "mesh" / "checkpoints")) == ["2", "4"]
+    resumed = _train(tmp_path / "mesh", tiny_bert_dir, 8, *mesh)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resumed from" in resumed.stderr
+    a, b = _logged(tmp_path / "one"), _logged(tmp_path / "mesh")
+    assert [m["kind"] for m in b].count("eval") == 1
+    _same_losses(a, b)
+    ra, rb = (json.loads((tmp_path / w / "results.json").read_text()) for w in ("one", "mesh"))
+    assert ra["train_steps"] == rb["train_steps"] == 6
+    assert abs(ra["metrics"]["loss"] - rb["metrics"]["loss"]) <= 1e-5 * ra["metrics"]["loss"]
+    # the exported δ (gathered from the mesh) is the one-device run's
+    from safetensors.numpy import load_file
+
+    da, db = (load_file(str(tmp_path / w / "delta" / "delta.safetensors")) for w in ("one", "mesh"))
+    assert set(da) == set(db)
+    num = sum(float(np.sum((da[k].astype(np.float64) - db[k]) ** 2)) for k in da)
+    den = sum(float(np.sum(da[k].astype(np.float64) ** 2)) for k in da)
+    assert (num / den) ** 0.5 <= 1e-5
+
+
+def test_loop_batch_size_not_divisible_by_data_fsdp_is_a_clear_error(tmp_path, tiny_bert_dir):
+    p = _train(tmp_path, tiny_bert_dir, 8, "--config.parallel.data=2", "--config.parallel.fsdp=4",
+               "--config.train.batch_size=12")
+    assert p.returncode != 0
+    assert "train.batch_size=12 is not a multiple of data × fsdp = 2 × 4 = 8" in p.stderr, p.stderr[-3000:]
+    assert not os.path.exists(tmp_path / "checkpoints")  # raised before anything was set up
+    p = _train(tmp_path, tiny_bert_dir, 8, "--config.parallel.data=3")
+    assert p.returncode != 0 and "data=3 × fsdp=1 × tensor=1 has 3 devices but there are 8" in p.stderr
+
+
+@pytest.mark.slow
+def test_loop_on_two_processes_matches_one_device(tmp_path, tiny_bert_dir):
+    """The same command in two processes on 127.0.0.1 (4 fake devices each, mesh data=2 × fsdp=4 over both):
+    each feeds its half of every train batch, evaluation lines up the global rows with the whole batch's
+    mask, only process 0 writes logs and results, both write the checkpoint; the losses are one device's."""
+    ref = _train(tmp_path / "one", tiny_bert_dir, 1, "--config.train.max_steps=4", "--config.train.eval_every=4")
+    assert ref.returncode == 0, ref.stderr[-4000:]
+    port = _free_port()
+    procs = []
+    for i in range(2):
+        cmd, env = _train_cmd(tmp_path / "two", tiny_bert_dir, 4, "--config.parallel.data=2",
+                              "--config.parallel.fsdp=4", "--config.train.max_steps=4", "--config.train.eval_every=4",
+                              env_extra={"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+                                         "JAX_PROCESS_ID": str(i)})
+        procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+    assert "mesh {'data': 2, 'fsdp': 4, 'tensor': 1}" in outs[0] and "mesh {" not in outs[1]
+    _same_losses(_logged(tmp_path / "one"), _logged(tmp_path / "two"))
+    ra, rb = (json.loads((tmp_path / w / "results.json").read_text()) for w in ("one", "two"))
+    assert ra["metrics"]["accuracy"] == rb["metrics"]["accuracy"]
+    assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == ["2", "4"]

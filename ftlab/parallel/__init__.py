@@ -10,6 +10,8 @@ How a sharded run is put together (what `ftlab.train.loop` does with `config.par
     state, params = parallel.shard(state, sh['state']), parallel.shard(params, sh['base'])
     train_step = step.make_train_step(model, delta_mod, tx, kind, shardings=sh)
     state, metrics = train_step(state, params, parallel.global_batch(local_batch, mesh))
+    out = eval_step(train, fixed, params, parallel.global_batch(whole_batch, mesh, whole=True))
+    # eval: every process passes the whole batch, so the (replicated) output rows line up with its mask
 
 Modules: `sharding` (mesh, rules, inheritance, per-device bytes), `multihost` (initialize, global_batch,
 shard, to_host).

@@ -51,11 +51,22 @@ def initialize(env: Mapping[str, str] | None = None) -> bool:
     return False
 
 
-def global_batch(local: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+def global_batch(local: Mapping[str, Any], mesh: Mesh, whole: bool = False) -> dict[str, jax.Array]:
     """This process's batch slice (leaves [b, ...], b = B / process_count) -> global arrays [B, ...] split
-    over (data, fsdp). Single process: the same as device_put with `batch_sharding(mesh)`."""
+    over (data, fsdp). Single process: the same as device_put with `batch_sharding(mesh)`.
+
+    The slices are placed in the order of the global rows the processes' devices hold, which need not be
+    process order: fine for a training step (a permutation of the batch), not for outputs read back row by
+    row. `whole=True`: every process passes the whole batch [B, ...] (the same on all) and each puts only
+    its devices' rows; the global array's rows are then exactly the batch's (evaluation uses this)."""
     sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
+    n = 1 if whole else jax.process_count()
+
+    def one(v):
+        v = np.asarray(v)
+        return jax.make_array_from_process_local_data(sharding, v, (v.shape[0] * n, *v.shape[1:]))
+
+    return {k: one(v) for k, v in local.items()}
 
 
 def shard(x: Any, shardings: Any) -> Any:

@@ -5,6 +5,13 @@ Sections: 1 workdir and config  2 base model, task head, delta  3 data  4 optimi
 
 The workdir ends up holding: config.json (resolved), metrics.jsonl (one JSON object per logged step or
 eval), tb/ (TensorBoard events), checkpoints/ (Orbax, atomic), delta/ (the exported δ), results.json.
+
+Several devices (`config.parallel`, see ftlab.parallel): θ₀, δ and the optimizer state are laid out on a
+(data, fsdp, tensor) mesh and each batch is split over data × fsdp; with one device the loop runs exactly
+the unsharded code path. Several processes (hosts): run the same command on every worker after
+`ftlab.parallel.initialize()` (done by `ftlab train` / scripts/train.py); the workdir must be a path all
+workers share. Process 0 writes the logs, config.json, results.json and the exported δ; every process takes
+part in the (Orbax) checkpoints.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ftlab import config as config_lib
-from ftlab import deltas, tree
+from ftlab import deltas, parallel, tree
 from ftlab.checkpoint import delta_io
 from ftlab.checkpoint import train_state as ckpt
 from ftlab.train import step as step_lib
@@ -77,6 +84,9 @@ def default_config() -> config_lib.Config:
             progress=True,
             crash_after_checkpoint=0,  # testing crash safety: SIGKILL this process right after that step's checkpoint
         ),
+        # Device mesh (data, fsdp, tensor; one size may be -1 = the devices left over) and extra
+        # (regex, PartitionSpec) sharding rules; see ftlab.parallel. Default: pure data parallelism.
+        parallel=config_lib.Config(**parallel.DEFAULTS),
     )
 
 
@@ -128,7 +138,7 @@ def _peak_rss_mb() -> float:
 def _check_workdir(workdir: str) -> None:
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write-probe")
+        probe = os.path.join(workdir, f".write-probe-{jax.process_index()}")  # workers may share the workdir
         with open(probe, "w") as f:
             f.write("x")
         os.remove(probe)
@@ -180,8 +190,14 @@ class _Logger:
             self.tb.close()
 
 
-def evaluate(eval_step, state: dict, base, task, enc, batch_size: int, pad_id: int, pad_multiple: int) -> dict:
-    """Metrics of the current δ on an encoded split (padded final batch; padding rows masked out)."""
+def evaluate(eval_step, state: dict, base, task, enc, batch_size: int, pad_id: int, pad_multiple: int,
+             mesh=None) -> dict:
+    """Metrics of the current δ on an encoded split (padded final batch; padding rows masked out).
+
+    `mesh`: the eval step is sharded (`make_eval_step(..., shardings=...)`) and each batch is split over
+    the mesh. Every process then collates the whole batch and puts only its own rows on its devices: the
+    step's outputs are the global rows in order, which is the order of this whole batch's example mask and
+    labels on every process (a per-process slice would not line up with them)."""
     from ftlab.data.batching import batches
     from ftlab.tasks import metrics as metrics_lib
 
@@ -189,7 +205,8 @@ def evaluate(eval_step, state: dict, base, task, enc, batch_size: int, pad_id: i
     loss_sum = weight = 0.0
     for batch in batches(enc, batch_size, shuffle=False, seed=0, epoch=0, pad_id=pad_id,
                          pad_to_multiple_of=pad_multiple, drop_remainder=False, pad_final=True):
-        out = jax.device_get(eval_step(state["train"], state["fixed"], base, batch))
+        feed = batch if mesh is None else parallel.global_batch(batch, mesh, whole=True)
+        out = jax.device_get(eval_step(state["train"], state["fixed"], base, feed))
         loss_sum += float(out["loss_sum"])
         weight += float(out["weight"])
         keep = batch["example_mask"] > 0
@@ -239,9 +256,12 @@ def init_delta(cfg: config_lib.Config, prep: dict[str, Any]) -> dict[str, Any]:
 
 
 def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_steps: int,
-                  kind: str) -> dict[str, Any]:
+                  kind: str, mesh=None) -> dict[str, Any]:
     """Optimizer, initial (donated) train state and jitted steps for δ `d` (from `init_delta`) on θ₀ `params`:
-    {'state', 'train_step', 'eval_step', 'lr_schedule'}. `kind`: the loss (a task kind, or 'causal_lm')."""
+    {'state', 'train_step', 'eval_step', 'lr_schedule', 'shardings'}. `kind`: the loss (a task kind, or
+    'causal_lm'). `mesh` with more than one device: the state comes back laid out on it, the steps are jitted
+    with `shardings` ({'state', 'base', 'batch'} from `parallel.train_shardings`; θ₀ is the caller's to lay
+    out with `shardings['base']`); otherwise `shardings` is None and everything is as on one device."""
     from ftlab import optim
     from ftlab.deltas.subset import num_layers
 
@@ -259,10 +279,15 @@ def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_
     if cfg.train.grad_accum < 1 or cfg.train.batch_size % cfg.train.grad_accum:
         raise config_lib.ConfigError(
             f"train.grad_accum={cfg.train.grad_accum} must be >= 1 and divide train.batch_size={cfg.train.batch_size}")
-    train_step = step_lib.make_train_step(d["model"], delta_mod, tx, kind, cfg.train.on_nonfinite,
+    sh = None
+    if mesh is not None and mesh.size > 1:
+        sh = parallel.train_shardings(mesh, state, params, cfg.parallel.rules)
+        state = parallel.shard(state, sh["state"])
+    train_step = step_lib.make_train_step(d["model"], delta_mod, tx, kind, cfg.train.on_nonfinite, shardings=sh,
                                           accum_steps=cfg.train.grad_accum)
-    eval_step = step_lib.make_eval_step(d["model"], delta_mod, kind)
-    return {"state": state, "train_step": train_step, "eval_step": eval_step, "lr_schedule": lr_schedule}
+    eval_step = step_lib.make_eval_step(d["model"], delta_mod, kind, shardings=sh)
+    return {"state": state, "train_step": train_step, "eval_step": eval_step, "lr_schedule": lr_schedule,
+            "shardings": sh}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -270,7 +295,9 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
     t_start = time.time()
     tc = cfg.train
 
-    # 1. Workdir and config -------------------------------------------------------------------------------
+    # 1. Workdir, config and device mesh -------------------------------------------------------------------
+    mesh = parallel.make_mesh(cfg.parallel)  # all devices of all processes; with one device: unsharded steps
+    _check_batch_sizes(tc, mesh)
     _check_workdir(workdir)
     fingerprint = config_lib.fingerprint(cfg, ignore=RESUME_IGNORED_KEYS)
     mngr = ckpt.manager(os.path.join(workdir, "checkpoints"), keep=tc.keep_checkpoints)
@@ -284,9 +311,10 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
             raise WorkdirError(
                 f"{workdir} holds a checkpoint (step {resume_step}) of a different config; refusing to resume. "
                 f"Differences: {diff}. Use a new --workdir or delete {os.path.join(workdir, 'checkpoints')}.")
-    with open(cfg_path + ".tmp", "w") as f:
-        json.dump(cfg.to_dict(), f, indent=2)
-    os.replace(cfg_path + ".tmp", cfg_path)
+    if jax.process_index() == 0:
+        with open(cfg_path + ".tmp", "w") as f:
+            json.dump(cfg.to_dict(), f, indent=2)
+        os.replace(cfg_path + ".tmp", cfg_path)
 
     # 2. Base model, task head, delta ---------------------------------------------------------------------
     prep = prepare(cfg)
@@ -309,10 +337,17 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
     total_steps = tc.max_steps if tc.max_steps > 0 else int(math.ceil(tc.epochs * steps_per_epoch))
     eval_every = tc.eval_every or steps_per_epoch
 
-    # 4. Optimizer and steps --------------------------------------------------------------------------------
-    t = init_training(cfg, params, d, total_steps, task.kind)
+    # 4. Optimizer and steps (on the mesh: state, θ₀ and each batch laid out by `sh`) ------------------------
+    t = init_training(cfg, params, d, total_steps, task.kind, mesh)
     state, train_step, eval_step, lr_schedule = t["state"], t["train_step"], t["eval_step"], t["lr_schedule"]
+    sh = t["shardings"]
     base_params = params  # θ₀ (with the fresh head's initial values); never donated, never updated
+    if sh is not None:
+        base_params = parallel.shard(params, sh["base"])
+        if jax.process_index() == 0:
+            print("[ftlab] " + parallel.describe(params, mesh, cfg.parallel.rules, d["delta"]), file=sys.stderr)
+    # This process's slice of a train batch -> the global batch (split over data × fsdp).
+    feed = (lambda b: parallel.global_batch(b, mesh)) if sh is not None else (lambda b: b)
 
     # 5. Resume ---------------------------------------------------------------------------------------------
     meta = {"best_score": None, "best_step": None, "bad_evals": 0, "best_metrics": None}
@@ -349,7 +384,7 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
                 continue
             if step >= total_steps:
                 break
-            state, m = train_step(state, base_params, batch)
+            state, m = train_step(state, base_params, feed(batch))
             window.append(m)
             step += 1
             if step % tc.log_every == 0 or step == total_steps:
@@ -370,24 +405,27 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
 
             if step % eval_every == 0 or step == total_steps:
                 last_eval = evaluate(eval_step, state, base_params, task, eval_enc, tc.eval_batch_size, pad_id,
-                                     tc.pad_to_multiple_of)
+                                     tc.pad_to_multiple_of, mesh if sh is not None else None)
                 logger.log(step, "eval", last_eval)
                 score = last_eval[task.main_metric]
                 if meta["best_score"] is None or score > meta["best_score"]:
                     meta.update(best_score=score, best_step=step, bad_evals=0, best_metrics=last_eval)
-                    best_delta = jax.device_get(tree.merge(state["train"], state["fixed"]))
+                    best_delta = parallel.to_host(tree.merge(state["train"], state["fixed"]))  # all processes
                     if tc.export_delta == "best" and jax.process_index() == 0:
                         delta_io.save(os.path.join(workdir, "best_delta"), method, delta_cfg, best_delta,
                                       base.source, base.hash, {"step": step})
                 else:
                     meta["bad_evals"] += 1
-                progress.write(f"[ftlab] step {step}: {cfg.task.eval_split} "
-                               + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()))
+                if jax.process_index() == 0:
+                    progress.write(f"[ftlab] step {step}: {cfg.task.eval_split} "
+                                   + ", ".join(f"{k}={v:.4f}" for k, v in last_eval.items()))
                 if tc.early_stopping_patience and meta["bad_evals"] >= tc.early_stopping_patience:
-                    progress.write(f"[ftlab] early stopping: no improvement of {task.main_metric} in "
-                                   f"{meta['bad_evals']} evals")
+                    if jax.process_index() == 0:
+                        progress.write(f"[ftlab] early stopping: no improvement of {task.main_metric} in "
+                                       f"{meta['bad_evals']} evals")
                     stopped_early = True
             if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == total_steps or stopped_early:
+                # every process takes part: each writes the shards it holds
                 ckpt.save(mngr, step, state, {**meta, "fingerprint": fingerprint})
                 if tc.crash_after_checkpoint == step:
                     os.kill(os.getpid(), signal.SIGKILL)
@@ -400,7 +438,7 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
     logger.close()
 
     # 7. Results --------------------------------------------------------------------------------------------
-    final_delta = jax.device_get(tree.merge(state["train"], state["fixed"]))
+    final_delta = parallel.to_host(tree.merge(state["train"], state["fixed"]))  # gathered on every process
     export = best_delta if (tc.export_delta == "best" and best_delta is not None) else final_delta
     delta_meta = {}
     if tc.export_delta != "none" and jax.process_index() == 0:
@@ -439,6 +477,18 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
             json.dump(results, f, indent=2, default=float)
         os.replace(os.path.join(workdir, "results.json.tmp"), os.path.join(workdir, "results.json"))
     return results
+
+
+def _check_batch_sizes(tc: config_lib.Config, mesh) -> None:
+    """Each batch is split evenly over the mesh's data × fsdp devices: its size must be a multiple."""
+    n = mesh.shape["data"] * mesh.shape["fsdp"]
+    for key in ("batch_size", "eval_batch_size"):
+        if tc[key] % n:
+            raise ValueError(
+                f"train.{key}={tc[key]} is not a multiple of data × fsdp = {mesh.shape['data']} × "
+                f"{mesh.shape['fsdp']} = {n} (mesh {dict(mesh.shape)} on {mesh.size} devices): every batch is "
+                f"split evenly over those devices. Use a multiple of {n} (e.g. {-(-tc[key] // n) * n}) or "
+                f"change config.parallel")
 
 
 def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
