@@ -46,6 +46,12 @@ def test_smollm2_logits_match_hf(smollm2):
     print(f"\n[parity] smollm2 float32: max|Δ| = {d32:.2e}; ftlab float64 vs HF: {d64:.2e}")
     assert d64 <= 1e-4, d64
     assert d32 <= 1e-4, d32
+    with torch.no_grad():  # final hidden states (after the last RMSNorm)
+        ref_h = hf.model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+    hid = np.asarray(build_model(base.config, None).apply({"params": base.params}, ids, mask))
+    dh = float(np.abs(hid - ref_h)[real].max())
+    print(f"[parity] smollm2 float32 final hidden: max|Δ| = {dh:.2e}")
+    assert dh <= 1e-4, dh
 
 
 def test_smollm2_greedy_generation_matches_hf(smollm2):
