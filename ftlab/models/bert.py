@@ -36,6 +36,7 @@ from ftlab.models.layers import (
     activation,
     adapters,
     compute_dtype,
+    constrain_rows,
     delta_leaf,
     dot_product_attention,
     padding_mask,
@@ -187,7 +188,7 @@ class BertLayerStack(nn.Module):
     def __call__(self, x: Array, mask: Array) -> Array:
         layer_cls = nn.remat(BertLayer) if self.config.remat else BertLayer
         for i in range(self.config.num_hidden_layers):
-            x = layer_cls(self.config, self.deterministic, name=str(i))(x, mask)
+            x = constrain_rows(layer_cls(self.config, self.deterministic, name=str(i))(x, mask))
         return x
 
 

@@ -26,6 +26,7 @@ from ftlab.models.layers import (
     activation,
     adapters,
     compute_dtype,
+    constrain_rows,
     dot_product_attention,
     with_prefix,
 )
@@ -119,6 +120,7 @@ class GPT2Layers(nn.Module):
             x, lc = block_cls(self.config, self.deterministic, name=str(i))(
                 x, mask, None if cache is None else cache[str(i)], cache_index
             )
+            x = constrain_rows(x)
             if cache is not None:
                 new_cache[str(i)] = lc
         return x, new_cache

@@ -17,6 +17,8 @@ G = H // K query heads per key/value head, Dh head width, V vocabulary.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections.abc import Callable
 from typing import Any
 
@@ -240,6 +242,31 @@ class RMSNorm(nn.Module):
         x32 = x.astype(_stat_dtype(x.dtype))
         y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + self.epsilon)
         return scale.astype(self.dtype) * y.astype(self.dtype)
+
+
+_ROW_SHARDING: contextvars.ContextVar = contextvars.ContextVar("ftlab_row_sharding", default=None)
+
+
+@contextlib.contextmanager
+def rows_sharded_over(mesh: Any):
+    """While tracing inside this context, `constrain_rows` splits activations' rows over (data, fsdp) of `mesh`
+    (`make_train_step` with shardings enters it; `jax.set_mesh` cannot be used inside jit)."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    token = _ROW_SHARDING.set(NamedSharding(mesh, PartitionSpec(("data", "fsdp"))))
+    try:
+        yield
+    finally:
+        _ROW_SHARDING.reset(token)
+
+
+def constrain_rows(x: Array) -> Array:
+    """Activations [B, ...] at a block boundary: rows split over the mesh's (data, fsdp) axes, the rest
+    replicated, when traced under `rows_sharded_over`; a no-op otherwise. Without it XLA may keep FSDP-gathered
+    activations whole on every device (measured: MiniLM fsdp=8 used 825 MB temp per device vs 284 MB with
+    data=8)."""
+    sharding = _ROW_SHARDING.get()
+    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
 
 
 def padding_mask(attention_mask: Array) -> Array:

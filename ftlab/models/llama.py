@@ -39,6 +39,7 @@ from ftlab.models.layers import (
     apply_rope,
     causal_mask,
     compute_dtype,
+    constrain_rows,
     delta_leaf,
     dot_product_attention,
     padding_mask,
@@ -152,6 +153,7 @@ class LlamaLayers(nn.Module):
             x, lc = layer_cls(self.config, self.deterministic, name=str(i))(
                 x, positions, mask, layer_cache, cache_index
             )
+            x = constrain_rows(x)
             if cache is not None:
                 new_cache[str(i)] = lc
         return x, new_cache

@@ -23,6 +23,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ftlab import tree
+from ftlab.models.layers import rows_sharded_over
 from ftlab.train import losses
 
 
@@ -135,8 +136,14 @@ def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientT
 
     if shardings is None:
         return jax.jit(train_step, donate_argnums=(0,))
-    everywhere = NamedSharding(shardings["batch"].mesh, PartitionSpec())
-    return jax.jit(train_step, in_shardings=(shardings["state"], shardings["base"], shardings["batch"]),
+    mesh = shardings["batch"].mesh
+    everywhere = NamedSharding(mesh, PartitionSpec())
+
+    def train_step_on_mesh(state: dict, base: Any, batch: dict) -> tuple[dict, dict]:
+        with rows_sharded_over(mesh):  # the model constrains activations at block boundaries (constrain_rows)
+            return train_step(state, base, batch)
+
+    return jax.jit(train_step_on_mesh, in_shardings=(shardings["state"], shardings["base"], shardings["batch"]),
                    out_shardings=(shardings["state"], everywhere), donate_argnums=(0,))
 
 
