@@ -31,6 +31,7 @@ from flax import linen as nn
 from ftlab.models.configs import BertConfig
 from ftlab.models.layers import (
     Dense,
+    Dropout,
     Embed,
     LayerNorm,
     activation,
@@ -90,7 +91,7 @@ class BertEmbeddings(nn.Module):
             token_type_ids
         )
         x = LayerNorm(c.layer_norm_eps, dt, name="LayerNorm")(x)
-        x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=self.deterministic)
+        x = Dropout(c.hidden_dropout_prob)(x, deterministic=self.deterministic)
         return x, words.embedding
 
 
@@ -133,7 +134,7 @@ class BertResidualOutput(nn.Module):
         dt = compute_dtype(c.dtype)
         init = nn.initializers.normal(c.initializer_range)
         x = Dense(c.hidden_size, True, dt, init, name="dense", deterministic=self.deterministic)(x)
-        x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=self.deterministic)
+        x = Dropout(c.hidden_dropout_prob)(x, deterministic=self.deterministic)
         x = adapters(self, x, "adapter")  # Houlsby: before the residual + LayerNorm
         norm = LayerNorm(c.layer_norm_eps, dt, name="LayerNorm")
         if self.has_variable("delta", "adapter_after_ln"):

@@ -21,6 +21,7 @@ from flax import linen as nn
 from ftlab.models.configs import GPT2Config
 from ftlab.models.layers import (
     Dense,
+    Dropout,
     Embed,
     LayerNorm,
     activation,
@@ -68,7 +69,7 @@ class GPT2Attention(nn.Module):
         out = Dense(d, True, dt, _init(c, residual=True), name="c_proj", deterministic=det)(
             out.reshape(b, t, d)
         )
-        return adapters(self, nn.Dropout(c.resid_pdrop)(out, deterministic=det)), new_cache
+        return adapters(self, Dropout(c.resid_pdrop)(out, deterministic=det)), new_cache
 
 
 class GPT2MLP(nn.Module):
@@ -85,7 +86,7 @@ class GPT2MLP(nn.Module):
             Dense(inner, True, dt, _init(c), name="c_fc", deterministic=det)(x)
         )
         x = Dense(c.n_embd, True, dt, _init(c, residual=True), name="c_proj", deterministic=det)(x)
-        return adapters(self, nn.Dropout(c.resid_pdrop)(x, deterministic=det))
+        return adapters(self, Dropout(c.resid_pdrop)(x, deterministic=det))
 
 
 class GPT2Block(nn.Module):
@@ -160,7 +161,7 @@ class GPT2Model(nn.Module):
         )
         t = x.shape[1]
         x = x + Embed(c.n_positions, c.n_embd, dt, _init(c), name="wpe")(position_ids)
-        x = nn.Dropout(c.embd_pdrop)(x, deterministic=deterministic)
+        x = Dropout(c.embd_pdrop)(x, deterministic=deterministic)
         mask = decoder_mask(attention_mask, t, cache_index if cache is not None else None)
         x, new_cache = GPT2Layers(c, deterministic, name="h")(x, mask, cache, cache_index)
         x = LayerNorm(c.layer_norm_epsilon, dt, name="ln_f")(x)

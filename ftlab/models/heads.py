@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ftlab.models.configs import BertConfig, GPT2Config, LlamaConfig, ModelConfig, family
-from ftlab.models.layers import Dense, LayerNorm, activation, compute_dtype
+from ftlab.models.layers import Dense, Dropout, LayerNorm, activation, compute_dtype
 
 Array = jax.Array
 HEADS = (None, "sequence_classification", "token_classification", "masked_lm", "causal_lm")
@@ -92,7 +92,7 @@ class Head(nn.Module):
         dt = compute_dtype(c.dtype)
         init = nn.initializers.normal(c.initializer_range)
         hidden = out["hidden"]
-        drop = nn.Dropout(_dropout_rate(c))
+        drop = Dropout(_dropout_rate(c))
         if self.head == "sequence_classification":
             how = self.pooling
             if fam == "bert" and c.model_type == "roberta":
