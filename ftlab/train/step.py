@@ -58,7 +58,7 @@ def make_loss_fn(model: nn.Module, delta_mod: ModuleType, kind: str) -> Callable
     return loss_fn
 
 
-def accumulated_value_and_grad(loss_fn: Callable, accum_steps: int) -> Callable:
+def accumulated_value_and_grad(loss_fn: Callable, accum_steps: int, penalty: Callable | None = None) -> Callable:
     """value_and_grad of `loss_fn` over a batch split into `accum_steps` equal microbatches (a `lax.scan`, so
     only one microbatch's activations are live at a time), equal to the whole batch's up to rounding.
 
@@ -82,20 +82,19 @@ def accumulated_value_and_grad(loss_fn: Callable, accum_steps: int) -> Callable:
             mb, i = xs
             (ls, aux), g = jax.value_and_grad(sum_loss, has_aux=True)(train, fixed, base, mb,
                                                                       jax.random.fold_in(rng, i))
-            return (jax.tree_util.tree_map(jnp.add, grads, g), loss_sum + ls, weight + aux["weight"]), aux
+            return (jax.tree_util.tree_map(jnp.add, grads, g), loss_sum + ls, weight + aux["weight"]), None
 
         zeros = jax.tree_util.tree_map(jnp.zeros_like, train)
-        (grads, loss_sum, weight), auxs = jax.lax.scan(
+        (grads, loss_sum, weight), _ = jax.lax.scan(
             body, (zeros, jnp.zeros([], jnp.float32), jnp.zeros([], jnp.float32)), (micro, jnp.arange(accum_steps)))
         weight = jnp.maximum(weight, 1.0)
         loss = loss_sum / weight
         grads = jax.tree_util.tree_map(lambda g: g / weight, grads)
         aux = {"loss_sum": loss_sum, "weight": weight}
-        if "penalty" in auxs:  # data-independent: the same in every microbatch; its gradient is added once
-            aux["penalty"] = auxs["penalty"][0]
-            loss = loss + aux["penalty"]
-            pen_grads = jax.grad(lambda t: sum_loss(t, fixed, base, jax.tree_util.tree_map(lambda x: x[:1], batch),
-                                                    rng)[1]["penalty"])(train)
+        if penalty is not None:  # data-independent (diff pruning's L0 term): value and gradient once, from δ alone
+            reg, pen_grads = jax.value_and_grad(lambda t: penalty(tree.merge(t, fixed) if fixed else t))(train)
+            aux["penalty"] = reg
+            loss = loss + reg
             grads = jax.tree_util.tree_map(jnp.add, grads, pen_grads)
         return (loss, aux), grads
 
@@ -116,7 +115,7 @@ def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientT
     if accum_steps == 1:
         value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
     else:
-        value_and_grad = accumulated_value_and_grad(loss_fn, accum_steps)
+        value_and_grad = accumulated_value_and_grad(loss_fn, accum_steps, getattr(delta_mod, "penalty", None))
 
     def train_step(state: dict, base: Any, batch: dict) -> tuple[dict, dict]:
         rng = jax.random.fold_in(state["rng"], state["step"])
