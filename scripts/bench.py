@@ -59,16 +59,102 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 MODELS: dict[str, dict[str, Any]] = {
     "minilm": {
-        "seq": 128, "batch": 32, "kind": "classification", "num_labels": 2, "steps": 5, "warmup": 2,
+        "base": "minilm", "seq": 128, "batch": 32, "kind": "classification", "num_labels": 2, "steps": 5, "warmup": 2,
         "methods": ["full", "frozen", "bitfit", "lora", "houlsby", "prefix", "prompt", "said", "diffprune"],
     },
     "smollm2": {
-        "seq": 256, "batch": 8, "kind": "causal_lm", "steps": 3, "warmup": 1,
+        "base": "smollm2", "seq": 256, "batch": 8, "kind": "causal_lm", "steps": 3, "warmup": 1,
         # SmolLM2 has no bias terms: BitFit selects nothing (reported n/a); 'layernorm' (the RMSNorm scales)
         # is the bias-free stand-in that, like BitFit, trains vectors but back-propagates through every layer.
         "methods": ["full", "lora", "bitfit", "layernorm", "prompt", "decode"],
     },
+    # GPU model-FLOPs-utilisation configurations (issue 11): full fine-tuning, bfloat16, random weights.
+    "smollm2_1k": {
+        "base": "smollm2", "seq": 1024, "batch": 16, "kind": "causal_lm", "steps": 10, "warmup": 3,
+        "methods": ["full"],
+    },
+    "bertbase": {
+        "base": "bertbase", "seq": 512, "batch": 32, "kind": "classification", "num_labels": 2, "steps": 10,
+        "warmup": 3, "methods": ["full"],
+    },
 }
+# Hugging Face configs of the bases, for `--random-weights` (a machine without the weight packages, e.g. a lent
+# GPU; step times do not depend on the weights' values). minilm and smollm2 are the shipped checkpoints'
+# configs; bertbase is BERT-base's shape (bert-base-uncased) with attention-probability dropout off, so that
+# the fused attention kernel applies (hidden dropout 0.1 stays).
+RANDOM_CONFIGS: dict[str, dict[str, Any]] = {
+    "minilm": {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": 30522, "hidden_size": 384,
+               "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536,
+               "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+               "max_position_embeddings": 512, "type_vocab_size": 2, "initializer_range": 0.02,
+               "layer_norm_eps": 1e-12, "pad_token_id": 0},
+    "bertbase": {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": 30522, "hidden_size": 768,
+                 "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+                 "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.0,
+                 "max_position_embeddings": 512, "type_vocab_size": 2, "initializer_range": 0.02,
+                 "layer_norm_eps": 1e-12, "pad_token_id": 0},
+    "smollm2": {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152,
+                "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+                "num_key_value_heads": 3, "head_dim": 64, "hidden_act": "silu", "max_position_embeddings": 8192,
+                "initializer_range": 0.02, "rms_norm_eps": 1e-5, "attention_bias": False, "attention_dropout": 0.0,
+                "mlp_bias": False, "tie_word_embeddings": True, "pad_token_id": 2, "bos_token_id": 1,
+                "eos_token_id": 2, "rope_theta": 100000.0},
+}
+# Dense bfloat16 tensor-core peak by GPU name (vendor datasheets, without sparsity), for MFU.
+PEAK_BF16_FLOPS = {"H100 80GB HBM3": 989.4e12, "H100 SXM": 989.4e12, "H100 PCIe": 756.5e12, "H200": 989.4e12,
+                   "A100": 312e12}
+
+
+def run_settings() -> dict[str, Any]:
+    """Device, compute dtype, attention kernel and random-weights folder of this run (set by main for workers)."""
+    return {"device": "cpu", "dtype": "float32", "attention": "xla", "weights": "",
+            **json.loads(os.environ.get("FTLAB_BENCH_RUN", "{}"))}
+
+
+def base_name(model: str) -> str:
+    """What ftlab loads for `model`: the shipped name, or the random-weights folder of `--random-weights`."""
+    run, base = run_settings(), MODELS[model]["base"]
+    return os.path.join(run["weights"], base) if run["weights"] else base
+
+
+def make_random_weights(root: str, bases: list[str]) -> None:
+    """Random-init HF folders (safetensors) of RANDOM_CONFIGS, seed 0: the same weights for both frameworks."""
+    import torch
+    import transformers
+
+    for base in bases:
+        folder = os.path.join(root, base)
+        if os.path.exists(os.path.join(folder, "config.json")):
+            continue
+        d = dict(RANDOM_CONFIGS[base])
+        arch = d.pop("architectures")[0]
+        torch.manual_seed(0)
+        conf = transformers.AutoConfig.for_model(**d)
+        net = getattr(transformers, arch)(conf)
+        net.save_pretrained(folder, safe_serialization=True)
+        _log(f"random {base} ({sum(p.numel() for p in net.parameters()):,} params) -> {folder}")
+
+
+def train_flops(model: str) -> dict[str, Any]:
+    """Model FLOPs of one training step, PaLM's formula (Chowdhery et al. 2022, appendix B):
+    6·N·tokens + 12·L·(H·Dh)·T·tokens, N = the parameters of the matmuls every token goes through (every
+    layer's dense kernels, BERT's pooler, the causal-LM output projection; not the embedding lookups, norms
+    or biases), T = seq, attention counted over the full T×T square (causal masking not discounted)."""
+    spec, c = MODELS[model], RANDOM_CONFIGS[MODELS[model]["base"]]
+    d, f, L = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    if c["model_type"] == "llama":
+        h, k, dh = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
+        per_layer = d * h * dh * 2 + d * k * dh * 2 + 3 * d * f
+        n = L * per_layer + c["vocab_size"] * d
+        attn_width = h * dh
+    else:
+        per_layer = 4 * d * d + 2 * d * f
+        n = L * per_layer + d * d + d * spec.get("num_labels", 2)
+        attn_width = d
+    tokens = spec["batch"] * spec["seq"]
+    flops = 6 * n * tokens + 12 * L * attn_width * spec["seq"] * tokens
+    return {"matmul_params": n, "flops_per_step": flops, "tokens_per_step": tokens}
+
 # ftlab δ settings beyond the method defaults, kept equal to the PEFT configs below.
 DELTA_CONFIG: dict[str, dict[str, Any]] = {
     "lora": {"r": 8, "alpha": 16.0, "dropout": 0.0},  # default targets: query/value (q_proj/v_proj)
@@ -139,8 +225,11 @@ def ftlab_train(model: str, method: str, warmup: int, steps: int) -> dict[str, A
     from ftlab.train import loop
 
     spec = MODELS[model]
+    run = run_settings()
     cfg = loop.default_config()
-    cfg.model.name = model
+    cfg.model.name = base_name(model)
+    cfg.model.dtype = run["dtype"]
+    cfg.model.attention = run["attention"]
     cfg.task.max_length = spec["seq"]
     cfg.train.batch_size = spec["batch"]
     cfg.delta.method = method
@@ -160,6 +249,7 @@ def ftlab_train(model: str, method: str, warmup: int, steps: int) -> dict[str, A
     t = loop.init_training(cfg, prep["params"], d, total_steps=1 + warmup + steps, kind=spec["kind"])
     state, base = t["state"], prep["params"]
     batch = random_batch(model, prep["base"].config.vocab_size)  # the keys `batches()` gives the loop
+    batch = jax.device_put(batch)  # on the device once, as the PyTorch side's batch
 
     t0 = time.perf_counter()
     compiled = t["train_step"].lower(state, base, batch).compile()
@@ -182,6 +272,9 @@ def ftlab_train(model: str, method: str, warmup: int, steps: int) -> dict[str, A
                for k in ("temp", "argument", "output", "alias")}
     except Exception as e:  # noqa: BLE001 - not every backend implements it
         mem = {"xla_memory_analysis": f"unavailable: {e}"}
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:  # accelerators: the device allocator's high-water mark
+        mem["device_peak_mb"] = stats["peak_bytes_in_use"] / 2**20
     return {**rec, "compile_s": compile_s, "loss_first": loss_first, "trainable_params": n_train,
             "total_params": tree.count(prep["params"]), **mem}
 
@@ -194,8 +287,10 @@ def ftlab_decode(model: str) -> dict[str, Any]:
     from ftlab.models import build_model
     from ftlab.models.generate import generate
 
-    base = load_base(model)
-    lm = build_model(base.config, "causal_lm")
+    import dataclasses
+
+    base = load_base(base_name(model))
+    lm = build_model(dataclasses.replace(base.config, dtype=run_settings()["dtype"]), "causal_lm")
     params = jax.tree_util.tree_map(jax.numpy.asarray, base.params)
     ids = random_decode_prompt(base.config.vocab_size)
     mask = np.ones_like(ids)
@@ -207,8 +302,10 @@ def ftlab_decode(model: str) -> dict[str, Any]:
         t0 = time.perf_counter()
         new = generate(lm, params, ids, mask, max_new_tokens=DECODE["new"])
         times.append(time.perf_counter() - t0)
+    stats = jax.devices()[0].memory_stats() or {}
+    extra = {"device_peak_mb": stats["peak_bytes_in_use"] / 2**20} if "peak_bytes_in_use" in stats else {}
     return {"first_call_s": first_s, "call_s": statistics.median(times), "call_times_s": times,
-            "tokens": new[0].tolist()}
+            "tokens": new[0].tolist(), **extra}
 
 
 def random_decode_prompt(vocab: int):
@@ -224,9 +321,26 @@ def _torch_model(model: str, hf_dir: str):
 
     kw = {"local_files_only": True, "dtype": torch.float32}
     if MODELS[model]["kind"] == "causal_lm":
-        return transformers.AutoModelForCausalLM.from_pretrained(hf_dir, **kw)
-    return transformers.AutoModelForSequenceClassification.from_pretrained(
-        hf_dir, num_labels=MODELS[model]["num_labels"], **kw)
+        net = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, **kw)
+    else:
+        net = transformers.AutoModelForSequenceClassification.from_pretrained(
+            hf_dir, num_labels=MODELS[model]["num_labels"], **kw)
+    return net.to(_torch_device())
+
+
+def _torch_device() -> str:
+    return "cuda" if run_settings()["device"] == "gpu" else "cpu"
+
+
+def _autocast():
+    """bfloat16 autocast (float32 master weights: what ftlab's dtype=bfloat16 does) or nothing."""
+    import contextlib
+
+    import torch
+
+    if run_settings()["dtype"] == "bfloat16":
+        return torch.autocast(device_type=_torch_device(), dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _torch_method(net, model: str, method: str):
@@ -281,12 +395,13 @@ def torch_train(model: str, method: str, warmup: int, steps: int, hf_dir: str, o
         optimizer, lambda s: s / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
     nb = random_batch(model, net.config.vocab_size)
     keys = ("input_ids", "attention_mask", "token_type_ids", "labels")
-    batch = {k: torch.from_numpy(nb[k]).long() for k in keys if k in nb}
+    batch = {k: torch.from_numpy(nb[k]).long().to(_torch_device()) for k in keys if k in nb}
     params = [p for _, p in named]
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
-        loss = net(**batch).loss
+        with _autocast():
+            loss = net(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, opt["grad_clip"])
         optimizer.step()
@@ -297,7 +412,10 @@ def torch_train(model: str, method: str, warmup: int, steps: int, hf_dir: str, o
     loss_first = step()
     first_s = time.perf_counter() - t0
     rec = _timed_steps(step, first_s, warmup, steps, f"torch {model} {method}")
-    return {**rec, "loss_first": loss_first, "trainable_params": n_train,
+    extra = {}
+    if _torch_device() == "cuda":
+        extra["device_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return {**rec, "loss_first": loss_first, "trainable_params": n_train, **extra,
             "total_params": sum(p.numel() for p in net.parameters()), "torch_threads": torch.get_num_threads()}
 
 
@@ -307,7 +425,9 @@ def torch_decode(model: str, hf_dir: str) -> dict[str, Any]:
 
     torch.set_num_threads(_n_cpus())
     net = _torch_model(model, hf_dir).eval()
-    ids = torch.from_numpy(random_decode_prompt(net.config.vocab_size)).long()
+    if run_settings()["dtype"] == "bfloat16":
+        net = net.to(torch.bfloat16)
+    ids = torch.from_numpy(random_decode_prompt(net.config.vocab_size)).long().to(_torch_device())
     mask = torch.ones_like(ids)
     kw = {"attention_mask": mask, "do_sample": False, "max_new_tokens": DECODE["new"],
           "min_new_tokens": DECODE["new"], "pad_token_id": 0}
@@ -324,8 +444,9 @@ def torch_decode(model: str, hf_dir: str) -> dict[str, Any]:
         t0 = time.perf_counter()
         new = call()
         times.append(time.perf_counter() - t0)
-    return {"first_call_s": first_s, "call_s": statistics.median(times), "call_times_s": times,
-            "tokens": np.asarray(new[0]).tolist(), "torch_threads": torch.get_num_threads()}
+    extra = {"device_peak_mb": torch.cuda.max_memory_allocated() / 2**20} if _torch_device() == "cuda" else {}
+    return {"first_call_s": first_s, "call_s": statistics.median(times), "call_times_s": times, **extra,
+            "tokens": np.asarray(new[0].cpu()).tolist(), "torch_threads": torch.get_num_threads()}
 
 
 # ----------------------------------------------------------------------------------------------- worker
@@ -346,6 +467,13 @@ def worker(framework: str, model: str, method: str, warmup: int, steps: int, hf_
             spec = MODELS[model]
             rec["tokens_per_s"] = spec["batch"] * spec["seq"] / rec["step_s"]
             rec.update(warmup=warmup, steps=steps)
+            if method == "full" and MODELS[model]["base"] in RANDOM_CONFIGS:
+                fl = train_flops(model)
+                rec.update(fl, model_tflops_per_s=fl["flops_per_step"] / rec["step_s"] / 1e12)
+                gpu = run_settings().get("gpu_name", "")
+                peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in gpu), None)
+                if peak and run_settings()["dtype"] == "bfloat16":
+                    rec.update(peak_flops=peak, mfu=fl["flops_per_step"] / rec["step_s"] / peak)
     rec.setdefault("status", "ok")
     rec.update(peak_rss_mb=_peak_rss_mb(), rss_end_mb=_rss_now_mb(), wall_s=time.perf_counter() - t0,
                loadavg_end=os.getloadavg(),  # machine-wide: includes work on CPUs this process does not use
@@ -431,14 +559,22 @@ def _val(rec, key):
 
 def to_markdown(data: dict[str, Any]) -> str:
     m, recs = data["machine"], data["records"]
+    run = m.get("run", {"device": "cpu", "dtype": "float32"})
+    gpu = run["device"] == "gpu"
+    mem_key, mem_name = ("device_peak_mb", "peak GPU MB") if gpu else ("peak_rss_mb", "peak RSS MB")
+    where = f"GPU ({run.get('gpu_name', '?')}), {run['dtype']}" if gpu else "CPU"
     lines = [
-        "# ftlab vs Hugging Face transformers + PEFT on CPU",
+        f"# ftlab vs Hugging Face transformers + PEFT on {where}",
         "",
         "Generated by `scripts/bench.py`; raw numbers (each step's time, XLA memory analysis, first losses) "
         "in `bench.json`. Command(s), the later ones re-measuring only what they name (`--update`):",
         "",
         *[f"    {c}" for c in data["commands"]],
         "",
+        *([f"GPU: {run.get('gpu_name')}; compute dtype {run['dtype']} on both sides (ftlab `model.dtype`, "
+           f"PyTorch `torch.autocast`; float32 master weights both); ftlab attention `{run['attention']}`; "
+           f"weights: {'random (RANDOM_CONFIGS, seed 0), the same on both sides' if run.get('weights') else 'shipped'}. "
+           "Peak GPU MB: jax's allocator peak_bytes_in_use / torch.cuda.max_memory_allocated.", ""] if gpu else []),
         f"Machine: {m['cpu']}, {m['cpus_used']} of {m['cpus_online']} CPUs used (affinity {m['cpu_affinity']}); "
         f"PyTorch torch.set_num_threads({m['torch_threads']}); XLA_FLAGS=`{m['xla_flags'] or '(unset)'}`. "
         f"jax {m['jax_version']}, flax {m['flax_version']}, torch {m['torch_version']}, "
@@ -465,7 +601,7 @@ def to_markdown(data: dict[str, Any]) -> str:
         lines += [f"## {model}: seq {spec['seq']}, batch {spec['batch']}, {loss} "
                   f"({warmup} warm-up + {steps} timed steps)", "",
                   "| method | trainable params ftlab / PyTorch | ftlab step s | PyTorch step s | ftlab ÷ PyTorch "
-                  "| ftlab compile s | PyTorch first step s | tokens/s ftlab / PyTorch | peak RSS MB ftlab / PyTorch "
+                  f"| ftlab compile s | PyTorch first step s | tokens/s ftlab / PyTorch | {mem_name} ftlab / PyTorch "
                   "| XLA temp MB | ÷ full ftlab / PyTorch |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         full_j, full_t = _val(_get(recs, "ftlab", model, "full"), "step_s"), _val(_get(recs, "torch", model, "full"),
@@ -485,7 +621,7 @@ def to_markdown(data: dict[str, Any]) -> str:
                 _f(_val(j, "first_step_s"), "{:.1f}"),
                 _f(_val(t, "first_step_s"), "{:.2f}"),
                 f"{_f(_val(j, 'tokens_per_s'), '{:,.0f}')} / {_f(_val(t, 'tokens_per_s'), '{:,.0f}')}",
-                f"{_f(_val(j, 'peak_rss_mb'), '{:,.0f}')} / {_f(_val(t, 'peak_rss_mb'), '{:,.0f}')}",
+                f"{_f(_val(j, mem_key), '{:,.0f}')} / {_f(_val(t, mem_key), '{:,.0f}')}",
                 _f(_val(j, "xla_temp_mb"), "{:,.0f}"),
                 f"{_f(js / full_j if js and full_j else None, '{:.2f}')} / "
                 f"{_f(ts / full_t if ts and full_t else None, '{:.2f}')} |",
@@ -493,6 +629,17 @@ def to_markdown(data: dict[str, Any]) -> str:
         if notes:
             lines += [""] + [f"- {n}" for n in notes]
         lines.append("")
+        mfu = [(fw, r) for fw in ("ftlab", "torch") if (r := _get(recs, fw, model, "full")) and _val(r, "mfu")]
+        if mfu:
+            r0 = mfu[0][1]
+            lines += [f"Model FLOPs utilisation, full fine-tuning ({train_flops.__doc__.split(chr(10))[0]} "
+                      f"{' '.join(x.strip() for x in train_flops.__doc__.split(chr(10))[1:])}): "
+                      f"N = {r0['matmul_params']:,}, {r0['flops_per_step'] / 1e12:.2f} TFLOP per step, peak "
+                      f"{r0['peak_flops'] / 1e12:.1f} TFLOP/s (dense bf16, datasheet).", "",
+                      "| framework | step s | model TFLOP/s | MFU |", "|---|---|---|---|"]
+            lines += [f"| {fw} | {r['step_s']:.4f} | {r['model_tflops_per_s']:.1f} | {100 * r['mfu']:.1f}% |"
+                      for fw, r in mfu]
+            lines.append("")
     for model in MODELS:
         if "decode" not in data["methods"].get(model, []):
             continue
@@ -501,13 +648,13 @@ def to_markdown(data: dict[str, Any]) -> str:
         if _val(j, "tokens") and _val(t, "tokens"):
             a, b = j["tokens"], t["tokens"]
             same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        lines += [f"## {model}: greedy decoding (prompt {DECODE['prompt']} random tokens, {DECODE['new']} new "
+        lines += [f"## {model}: greedy decoding ({run['dtype']}, prompt {DECODE['prompt']} random tokens, {DECODE['new']} new "
                   f"tokens, batch {DECODE['batch']}, median of {DECODE['repeats']} calls after a warm-up call)", "",
-                  "| framework | s per call | new tokens/s | first call s (incl. compile) | peak RSS MB |",
+                  f"| framework | s per call | new tokens/s | first call s (incl. compile) | {mem_name} |",
                   "|---|---|---|---|---|"]
         for name, r in (("ftlab `generate`", j), ("transformers `generate(do_sample=False)`", t)):
             lines.append(f"| {name} | {_f(_val(r, 'call_s'))} | {_f(_val(r, 'tokens_per_s'), '{:.1f}')} | "
-                         f"{_f(_val(r, 'first_call_s'), '{:.1f}')} | {_f(_val(r, 'peak_rss_mb'), '{:,.0f}')} |")
+                         f"{_f(_val(r, 'first_call_s'), '{:.1f}')} | {_f(_val(r, mem_key), '{:,.0f}')} |")
         for fw, r in (("ftlab", j), ("PyTorch", t)):
             if r and r.get("status") != "ok":
                 lines.append(f"\n- {fw}: {r['status']} — {r.get('note', '')}")
@@ -551,13 +698,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="docs/bench", help="writes OUT.json and OUT.md")
     ap.add_argument("--update", action="store_true",
                     help="keep OUT.json's other records: re-measure only the configurations named here")
+    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                    help="gpu: PyTorch on cuda, jax on its default (GPU) backend; peak device memory reported")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="compute dtype of both sides (bfloat16: ftlab model.dtype, PyTorch autocast)")
+    ap.add_argument("--attention", choices=("xla", "cudnn", "jax"), default="xla", help="ftlab model.attention")
+    ap.add_argument("--random-weights", default="",
+                    help="DIR: write random-init HF folders of the bases there (RANDOM_CONFIGS) and use them "
+                         "on both sides instead of the shipped checkpoints (for machines without them)")
+    ap.add_argument("--batch", default=None, help="batch size override: model=N,...")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--hf-dir", default="", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--optim", default="{}", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
-    if args.worker:  # child process: one configuration
+    if args.worker:  # child process: one configuration (its settings in FTLAB_BENCH_RUN)
+        for m, spec in run_settings().get("spec", {}).items():
+            MODELS[m].update(spec)
         framework, model, method = args.worker.split(":")
         rec = worker(framework, model, method, int(args.warmup), int(args.steps), args.hf_dir,
                      json.loads(args.optim))
@@ -574,11 +732,30 @@ def main(argv: list[str] | None = None) -> int:
         x for x in wanted if x not in MODELS[m]["methods"]] for m in models}
     steps, warmup = _per_model(args.steps, "steps"), _per_model(args.warmup, "warmup")
     frameworks = [f for f in args.frameworks.split(",") if f]
+    spec_over = {}
+    if args.batch:
+        for part in args.batch.split(","):
+            m, _, n = part.partition("=")
+            if m not in MODELS or not n.isdigit():
+                raise SystemExit(f"error: --batch wants model=N with a known model, got {part!r}")
+            spec_over[m] = {"batch": int(n)}
+            MODELS[m]["batch"] = int(n)
+    run = {"device": args.device, "dtype": args.dtype, "attention": args.attention,
+           "weights": os.path.abspath(args.random_weights) if args.random_weights else "", "spec": spec_over}
+    if args.device == "gpu":
+        run["gpu_name"] = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                         capture_output=True, text=True).stdout.strip()
+        # Workers run one at a time; neither framework should hold memory the other needs.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    os.environ["FTLAB_BENCH_RUN"] = json.dumps(run)
+    if run["weights"]:
+        make_random_weights(run["weights"], sorted({MODELS[m]["base"] for m in models}))
     from ftlab.train.loop import default_config
 
     opt = default_config().optim.to_dict()
     machine = machine_info()
     command = f"{machine['date_utc']}: " + " ".join(["scripts/bench.py"] + (sys.argv[1:] if argv is None else argv))
+    machine["run"] = run
     data = {"machine": machine, "commands": [command], "steps": {m: steps[m] for m in models},
             "warmup": {m: warmup[m] for m in models}, "methods": methods, "records": []}
     if args.update and os.path.exists(args.out + ".json"):  # re-measure some configurations, keep the rest
@@ -602,7 +779,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ftlab-bench-") as tmp:
         hf_dirs = {"minilm": ""}
         for model in models:
-            if model == "minilm":
+            if run["weights"]:
+                hf_dirs[model] = base_name(model)
+            elif MODELS[model]["base"] == "minilm":
                 from ftlab.checkpoint.hf import resolve
 
                 hf_dirs[model] = str(resolve("minilm"))

@@ -162,3 +162,42 @@ def test_pooling_options(pooling):
     ids, mask = _ids()
     model = build_model(BERT, "sequence_classification", 2, pooling)
     assert model.apply({"params": _init(model, ids)}, ids, mask).shape == (2, 2)
+
+
+@pytest.mark.parametrize("cfg,head", [(BERT, "masked_lm"), (LLAMA, "causal_lm"), (GPT2, "causal_lm")],
+                         ids=["bert", "llama", "gpt2"])
+def test_fused_attention_path_equals_explicit_on_right_padded_rows(cfg, head):
+    """model.attention='jax' (jax.nn.dot_product_attention with key lengths: the call 'cudnn' makes on a GPU)
+    equals the explicit path at every real position, forward and gradient, including an all-pad row."""
+    ids, mask = _ids(b=3, t=7)
+    mask[2, :] = 0  # a filler row: no real token
+    model = build_model(cfg, head)
+    fused = build_model(dataclasses.replace(cfg, attention="jax"), head)
+    params = _init(model, ids)
+    real = mask.astype(bool)
+    ref, out = model.apply({"params": params}, ids, mask), fused.apply({"params": params}, ids, mask)
+    assert np.isfinite(np.asarray(out)).all()
+    np.testing.assert_allclose(np.asarray(out)[real], np.asarray(ref)[real], rtol=1e-5, atol=1e-5)
+
+    def loss(m, p):
+        return jnp.sum(jnp.where(real[..., None], m.apply({"params": p}, ids, mask), 0.0) ** 2)
+
+    g1, g2 = jax.grad(lambda p: loss(model, p))(params), jax.grad(lambda p: loss(fused, p))(params)
+    for x, y in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_remat_policies_same_gradients_and_bad_name_is_refused():
+    ids, mask = _ids()
+    params = _init(build_model(LLAMA, "causal_lm"), ids)
+
+    def grads(remat):
+        m = build_model(dataclasses.replace(LLAMA, remat=remat), "causal_lm")
+        return jax.grad(lambda p: jnp.sum(m.apply({"params": p}, ids, mask) ** 2))(params)
+
+    ref = jax.tree_util.tree_leaves(grads("none"))
+    for policy in ("full", "dots", "dots_no_batch"):
+        for x, y in zip(ref, jax.tree_util.tree_leaves(grads(policy)), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="model.remat must be one of"):
+        grads("sometimes")

@@ -40,6 +40,7 @@ from ftlab.models.layers import (
     constrain_rows,
     delta_leaf,
     dot_product_attention,
+    remat_layer,
     padding_mask,
     with_prefix,
 )
@@ -118,7 +119,7 @@ class BertSelfAttention(nn.Module):
             k, v, mask = with_prefix(k, v, mask, *prefix)
         rate = c.attention_probs_dropout_prob
         rng = self.make_rng("dropout") if (not self.deterministic and rate > 0) else None
-        out = dot_product_attention(q, k, v, mask, dropout_rate=rate, dropout_rng=rng)
+        out = dot_product_attention(q, k, v, mask, dropout_rate=rate, dropout_rng=rng, impl=c.attention)
         return out.reshape(b, t, c.hidden_size)
 
 
@@ -187,7 +188,7 @@ class BertLayerStack(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array) -> Array:
-        layer_cls = nn.remat(BertLayer) if self.config.remat else BertLayer
+        layer_cls = remat_layer(BertLayer, self.config.remat)
         for i in range(self.config.num_hidden_layers):
             x = constrain_rows(layer_cls(self.config, self.deterministic, name=str(i))(x, mask))
         return x

@@ -6,7 +6,9 @@ it; keys ftlab does not model are ignored unless they change the computation, th
 `cfg.to_hf()` writes one that `transformers.AutoConfig.for_model(**d)` accepts.
 
 ftlab-only fields (never written to config.json): `dtype` (compute dtype, 'float32' | 'bfloat16'; params stay
-float32), `remat` (nn.remat around each layer), and for BERT `add_pooling_layer`.
+float32), `remat` (around each layer: False/'none', True/'full', 'dots', 'dots_no_batch'; see
+`layers.remat_layer`), `attention` ('xla' explicit matmuls, 'cudnn' fused flash attention on GPU, 'jax' the
+same call on XLA; see `layers.dot_product_attention`), and for BERT `add_pooling_layer`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import dataclasses
 import json
 from typing import Any
 
-FTLAB_FIELDS = ("dtype", "remat", "add_pooling_layer")
+FTLAB_FIELDS = ("dtype", "remat", "attention", "add_pooling_layer")
 
 BERT_ARCHITECTURES = {
     f"{m}{s}"
@@ -74,7 +76,8 @@ class BertConfig:
     eos_token_id: int | None = None
     model_type: str = "bert"
     dtype: str = "float32"
-    remat: bool = False
+    remat: bool | str = False
+    attention: str = "xla"
     add_pooling_layer: bool = True
 
     @classmethod
@@ -133,7 +136,8 @@ class LlamaConfig:
     eos_token_id: int | list[int] | None = 2
     model_type: str = "llama"
     dtype: str = "float32"
-    remat: bool = False
+    remat: bool | str = False
+    attention: str = "xla"
 
     def __post_init__(self) -> None:
         # Derived defaults as HF sets them; object.__setattr__ because the dataclass is frozen.
@@ -216,7 +220,8 @@ class GPT2Config:
     eos_token_id: int | None = 50256
     model_type: str = "gpt2"
     dtype: str = "float32"
-    remat: bool = False
+    remat: bool | str = False
+    attention: str = "xla"
 
     @property
     def tie_word_embeddings(self) -> bool:

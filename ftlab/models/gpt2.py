@@ -29,6 +29,7 @@ from ftlab.models.layers import (
     compute_dtype,
     constrain_rows,
     dot_product_attention,
+    remat_layer,
     with_prefix,
 )
 from ftlab.models.llama import decoder_mask, prompt_and_prefix, update_cache
@@ -65,7 +66,8 @@ class GPT2Attention(nn.Module):
             k, v, mask = with_prefix(k, v, mask, *prefix)
         rng = self.make_rng("dropout") if (not self.deterministic and c.attn_pdrop > 0) else None
         scale = (d // h) ** -0.5 if c.scale_attn_weights else 1.0
-        out = dot_product_attention(q, k, v, mask, dropout_rate=c.attn_pdrop, dropout_rng=rng, scale=scale)
+        out = dot_product_attention(q, k, v, mask, dropout_rate=c.attn_pdrop, dropout_rng=rng, scale=scale,
+                                    impl=c.attention if layer_cache is None else "xla", causal=True)
         out = Dense(d, True, dt, _init(c, residual=True), name="c_proj", deterministic=det)(
             out.reshape(b, t, d)
         )
@@ -115,7 +117,7 @@ class GPT2Layers(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask, cache, cache_index):
-        block_cls = nn.remat(GPT2Block) if self.config.remat else GPT2Block
+        block_cls = remat_layer(GPT2Block, self.config.remat)
         new_cache = {} if cache is not None else None
         for i in range(self.config.n_layer):
             x, lc = block_cls(self.config, self.deterministic, name=str(i))(

@@ -365,6 +365,9 @@ def causal_mask(q_pos: Array, k_len: int) -> Array:
     return (jnp.arange(k_len)[None, :] <= q_pos[:, None])[None, None]
 
 
+ATTENTION_IMPLS = ("xla", "jax", "cudnn")
+
+
 def dot_product_attention(
     q: Array,
     k: Array,
@@ -374,14 +377,29 @@ def dot_product_attention(
     dropout_rate: float = 0.0,
     dropout_rng: Array | None = None,
     scale: float | None = None,
+    impl: str = "xla",
+    causal: bool = False,
 ) -> Array:
     """Softmax attention with grouped key/value heads (GQA/MQA when K < H).
 
     q: [B, T, H, Dh], k/v: [B, S, K, Dh], mask: bool broadcastable to [B, H, T, S] (True = attend).
-    Returns [B, T, H, Dh] in q's dtype. Explicit matmuls rather than `jax.nn.dot_product_attention`
-    because attention-probability dropout (HF's `attention_probs_dropout_prob`) needs the probabilities;
-    masked scores use finfo.min (not -inf) so a fully masked row (a pad query) stays finite, as in HF.
+    Returns [B, T, H, Dh] in q's dtype.
+
+    impl 'xla' (default): explicit matmuls rather than `jax.nn.dot_product_attention`, because
+    attention-probability dropout (HF's `attention_probs_dropout_prob`) needs the probabilities; masked scores
+    use finfo.min (not -inf) so a fully masked row (a pad query) stays finite, as in HF.
+    impl 'cudnn' (GPU, bfloat16/float16: cuDNN's fused flash attention) and 'jax' (the same call with
+    jax's XLA implementation, to check the arguments on any backend) go through
+    `jax.nn.dot_product_attention` with key lengths instead of the mask. That is exact only for right-padded
+    keys (what ftlab's collators produce) and is taken only where it applies: no attention dropout in this
+    call, S == T (no KV cache, no prefix slots). `causal` says the mask is causal ∧ padding (decoders), else
+    it is padding only. Anywhere else the explicit path runs.
     """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"model.attention must be one of {ATTENTION_IMPLS}, got {impl!r}")
+    fused_ok = impl != "xla" and not (dropout_rate > 0.0 and dropout_rng is not None) and q.shape[1] == k.shape[1]
+    if fused_ok:
+        return _fused_attention(q, k, v, mask, scale, impl, causal)
     b, t, h, dh = q.shape
     s_len, kh = k.shape[1], k.shape[2]
     g = h // kh
@@ -404,6 +422,43 @@ def dot_product_attention(
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0).astype(q.dtype)
     out = jax.lax.dot_general(probs.reshape(b, kh, g * t, s_len), vt, (((3,), (2,)), batch_dims))  # [B,K,G*T,Dh]
     return out.reshape(b, kh, g, t, dh).transpose(0, 3, 1, 2, 4).reshape(b, t, h, dh)
+
+
+def _fused_attention(q, k, v, mask, scale, impl, causal):
+    """`jax.nn.dot_product_attention` with per-row key lengths read off the bool mask (see above)."""
+    lengths = None
+    if mask is not None:
+        # Padding-only masks are [B, 1, 1|T, S]; causal ∧ padding masks [B, 1, T, S] (their last query row
+        # sees every real key of a right-padded row). Either way the last row's count is the key length.
+        m = jnp.broadcast_to(mask, (mask.shape[0], mask.shape[1], q.shape[1], k.shape[1]))
+        lengths = m[:, 0, -1, :].sum(-1).astype(jnp.int32)
+        # A row with no real key (an all-pad filler row) gets length 1, not 0: finite output, loss-masked.
+        lengths = jnp.maximum(jnp.broadcast_to(lengths, (q.shape[0],)), 1)
+    out = jax.nn.dot_product_attention(
+        q, k.astype(q.dtype), v.astype(q.dtype), scale=scale, is_causal=causal,
+        key_value_seq_lengths=lengths, implementation="cudnn" if impl == "cudnn" else "xla",
+    )
+    return out.astype(q.dtype)
+
+
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,
+    "full": None,  # nothing saved: the whole layer is recomputed in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots,  # save matmul outputs, recompute the elementwise ops
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # + recompute attention
+}
+
+
+def remat_layer(cls: type, remat: bool | str) -> type:
+    """The layer class under `model.remat`: False/'none' (as is), True/'full' (recompute the whole layer),
+    'dots' (keep matmul outputs, recompute elementwise work), 'dots_no_batch' (also recompute attention's
+    batched matmuls). The policy trades activation memory for recomputation in the backward pass."""
+    key = {False: "none", True: "full", "false": "none", "true": "full", "": "none"}.get(remat, remat)
+    if key not in REMAT_POLICIES:
+        raise ValueError(f"model.remat must be one of {sorted(REMAT_POLICIES)} (or true/false), got {remat!r}")
+    if key == "none":
+        return cls
+    return nn.remat(cls, policy=REMAT_POLICIES[key])
 
 
 # ----------------------------------------------------------------------------------------------- RoPE

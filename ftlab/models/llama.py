@@ -42,6 +42,7 @@ from ftlab.models.layers import (
     constrain_rows,
     delta_leaf,
     dot_product_attention,
+    remat_layer,
     padding_mask,
     rope_inv_freq,
     with_prefix,
@@ -94,7 +95,9 @@ class LlamaAttention(nn.Module):
             k, v, mask = with_prefix(k, v, mask, *prefix)
         rate = c.attention_dropout
         rng = self.make_rng("dropout") if (not self.deterministic and rate > 0) else None
-        out = dot_product_attention(q, k, v, mask, dropout_rate=rate, dropout_rng=rng)
+        out = dot_product_attention(q, k, v, mask, dropout_rate=rate, dropout_rng=rng,
+                                    impl=c.attention if layer_cache is None else "xla",
+                                    causal=True)
         out = Dense(c.hidden_size, c.o_bias, dt, init, name="o_proj", deterministic=det)(
             out.reshape(b, t, h * dh)
         )
@@ -146,7 +149,7 @@ class LlamaLayers(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, mask, cache, cache_index):
-        layer_cls = nn.remat(LlamaDecoderLayer) if self.config.remat else LlamaDecoderLayer
+        layer_cls = remat_layer(LlamaDecoderLayer, self.config.remat)
         new_cache = {} if cache is not None else None
         for i in range(self.config.num_hidden_layers):
             layer_cache = None if cache is None else cache[str(i)]

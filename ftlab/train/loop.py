@@ -53,7 +53,8 @@ def default_config() -> config_lib.Config:
         model=config_lib.Config(
             name="minilm",          # short name (minilm, smollm2) or a local HF folder / .gguf path
             dtype="float32",        # compute dtype: float32 | bfloat16 (params stay float32)
-            remat=False,            # rematerialise each layer in the backward pass
+            remat="none",           # recompute in the backward pass: none | full | dots | dots_no_batch
+            attention="xla",        # xla (explicit) | cudnn (fused flash attention, GPU bf16) | jax
             pooling="default",      # sequence heads: default | pooler | cls | mean | last
         ),
         task=config_lib.Config(
@@ -106,7 +107,7 @@ def prepare(cfg: config_lib.Config, head: str | None = None) -> dict[str, Any]:
     task = get_task(cfg.task.name)
     base = load_base(cfg.model.name)
     model_config = base.config
-    overrides = {k: cfg.model[k] for k in ("dtype", "remat") if hasattr(model_config, k)}
+    overrides = {k: cfg.model[k] for k in ("dtype", "remat", "attention") if hasattr(model_config, k)}
     if overrides:
         import dataclasses
 
