@@ -7,10 +7,13 @@
 #   bash scripts/gpu_bench.sh minilm OUT   # the CPU table's MiniLM rows on the GPU, bf16
 #   bash scripts/gpu_bench.sh smollm2 OUT  # the CPU table's SmolLM2 rows (+ greedy decoding) on the GPU, bf16
 #
-# Writes OUT/<part>.json and OUT/<part>.md (scripts/bench.py's format) and OUT/<part>.log.
+# Extra arguments after OUT go to bench.py (e.g. `--update --methods houlsby` to re-measure some rows of an
+# existing OUT/<part>.json). Writes OUT/<part>.json and OUT/<part>.md (scripts/bench.py's format) and OUT/<part>.log.
 set -u
 part=$1
-out=${2:-docs}
+out=${2:-docs/gpu}
+shift 2 || shift $#
+extra=("$@")   # passed on to bench.py (e.g. --update --methods houlsby,prefix)
 mkdir -p "$out"
 export PYTHONPATH=$PWD FTLAB_XLA_DEFAULTS=0 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 py=${PYTHON:-python3}
@@ -35,12 +38,12 @@ common=(--device gpu --dtype bfloat16 --random-weights /tmp/ftlab-rw)
 case $part in
   mfu)
     $py scripts/bench.py "${common[@]}" --attention cudnn --models smollm2_1k,bertbase --steps 10 --warmup 3 \
-        --out "$out/mfu" 2>&1 | tee "$out/mfu.log" ;;
+        "${extra[@]}" --out "$out/mfu" 2>&1 | tee -a "$out/mfu.log" ;;
   mfu_xla)
     $py scripts/bench.py "${common[@]}" --attention xla --frameworks ftlab --models smollm2_1k,bertbase \
-        --batch smollm2_1k=8 --steps 10 --warmup 3 --out "$out/mfu_xla" 2>&1 | tee "$out/mfu_xla.log" ;;
+        --batch smollm2_1k=8 --steps 10 --warmup 3 "${extra[@]}" --out "$out/mfu_xla" 2>&1 | tee -a "$out/mfu_xla.log" ;;
   minilm|smollm2)
     $py scripts/bench.py "${common[@]}" --attention cudnn --models "$part" --steps 20 --warmup 5 \
-        --out "$out/$part" 2>&1 | tee "$out/$part.log" ;;
+        "${extra[@]}" --out "$out/$part" 2>&1 | tee -a "$out/$part.log" ;;
   *) echo "unknown part $part (mfu | mfu_xla | minilm | smollm2)"; exit 2 ;;
 esac
