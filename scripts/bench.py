@@ -280,14 +280,14 @@ def ftlab_train(model: str, method: str, warmup: int, steps: int) -> dict[str, A
 
 
 def ftlab_decode(model: str) -> dict[str, Any]:
+    import dataclasses
+
     import jax
     import numpy as np
 
     from ftlab.checkpoint import load_base
     from ftlab.models import build_model
     from ftlab.models.generate import generate
-
-    import dataclasses
 
     base = load_base(base_name(model))
     lm = build_model(dataclasses.replace(base.config, dtype=run_settings()["dtype"]), "causal_lm")

@@ -42,8 +42,8 @@ from ftlab.models.layers import (
     constrain_rows,
     delta_leaf,
     dot_product_attention,
-    remat_layer,
     padding_mask,
+    remat_layer,
     rope_inv_freq,
     with_prefix,
 )
