@@ -388,6 +388,21 @@ def test_loop_on_a_mesh_matches_one_device_and_resumes(tmp_path, tiny_bert_dir):
     assert (num / den) ** 0.5 <= 1e-5
 
 
+@pytest.mark.slow
+def test_loop_checkpoint_from_a_mesh_resumes_on_another_device_count(tmp_path, tiny_bert_dir):
+    """Killed after step 4 on 8 devices (data=2 × fsdp=4), resumed on 4 devices (data=4): the run finishes
+    and its losses equal the one-device run's (the mesh is layout, not part of the config fingerprint)."""
+    ref = _train(tmp_path / "one", tiny_bert_dir, 1)
+    assert ref.returncode == 0, ref.stderr[-4000:]
+    killed = _train(tmp_path / "run", tiny_bert_dir, 8, "--config.parallel.data=2", "--config.parallel.fsdp=4",
+                    "--config.train.crash_after_checkpoint=4")
+    assert killed.returncode == -9, killed.stderr[-4000:]
+    resumed = _train(tmp_path / "run", tiny_bert_dir, 4, "--config.parallel.data=4")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resumed from" in resumed.stderr and "mesh {'data': 4, 'fsdp': 1, 'tensor': 1}" in resumed.stderr
+    _same_losses(_logged(tmp_path / "one"), _logged(tmp_path / "run"))
+
+
 def test_loop_batch_size_not_divisible_by_data_fsdp_is_a_clear_error(tmp_path, tiny_bert_dir):
     p = _train(tmp_path, tiny_bert_dir, 8, "--config.parallel.data=2", "--config.parallel.fsdp=4",
                "--config.train.batch_size=12")

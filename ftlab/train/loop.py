@@ -37,7 +37,10 @@ from ftlab.checkpoint import train_state as ckpt
 from ftlab.train import step as step_lib
 
 # Keys that may differ between an interrupted run and its resumption without changing the trajectory.
-RESUME_IGNORED_KEYS = ("train.log_every", "train.progress", "train.crash_after_checkpoint")
+# Keys a resumed run may change: logging, and how the same computation is laid out or scheduled (the device
+# mesh and its rules, so a checkpoint resumes on another device count; rematerialisation; accumulation).
+RESUME_IGNORED_KEYS = ("train.log_every", "train.progress", "train.crash_after_checkpoint", "parallel",
+                       "model.remat", "train.grad_accum")
 
 
 class WorkdirError(RuntimeError):
