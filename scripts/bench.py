@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -105,8 +106,10 @@ PEAK_BF16_FLOPS = {"H100 80GB HBM3": 989.4e12, "H100 SXM": 989.4e12, "H100 PCIe"
                    "A100": 312e12}
 
 
+@functools.cache
 def run_settings() -> dict[str, Any]:
-    """Device, compute dtype, attention kernel and random-weights folder of this run (set by main for workers)."""
+    """Device, compute dtype, attention kernel and random-weights folder of this run (FTLAB_BENCH_RUN, set by
+    main before its first call here; workers inherit it)."""
     return {"device": "cpu", "dtype": "float32", "attention": "xla", "weights": "",
             **json.loads(os.environ.get("FTLAB_BENCH_RUN", "{}"))}
 
@@ -135,11 +138,15 @@ def make_random_weights(root: str, bases: list[str]) -> None:
         _log(f"random {base} ({sum(p.numel() for p in net.parameters()):,} params) -> {folder}")
 
 
+FLOPS_FORMULA = (
+    "PaLM's formula (Chowdhery et al. 2022, appendix B): 6·N·tokens + 12·L·(H·Dh)·T·tokens, N = the parameters "
+    "of the matmuls every token goes through (every layer's dense kernels, BERT's pooler, the causal-LM output "
+    "projection; not the embedding lookups, norms or biases), T = seq, attention counted over the full T×T "
+    "square (causal masking not discounted)")
+
+
 def train_flops(model: str) -> dict[str, Any]:
-    """Model FLOPs of one training step, PaLM's formula (Chowdhery et al. 2022, appendix B):
-    6·N·tokens + 12·L·(H·Dh)·T·tokens, N = the parameters of the matmuls every token goes through (every
-    layer's dense kernels, BERT's pooler, the causal-LM output projection; not the embedding lookups, norms
-    or biases), T = seq, attention counted over the full T×T square (causal masking not discounted)."""
+    """Model FLOPs of one training step by FLOPS_FORMULA."""
     spec, c = MODELS[model], RANDOM_CONFIGS[MODELS[model]["base"]]
     d, f, L = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
     if c["model_type"] == "llama":
@@ -632,8 +639,7 @@ def to_markdown(data: dict[str, Any]) -> str:
         mfu = [(fw, r) for fw in ("ftlab", "torch") if (r := _get(recs, fw, model, "full")) and _val(r, "mfu")]
         if mfu:
             r0 = mfu[0][1]
-            lines += [f"Model FLOPs utilisation, full fine-tuning ({train_flops.__doc__.split(chr(10))[0]} "
-                      f"{' '.join(x.strip() for x in train_flops.__doc__.split(chr(10))[1:])}): "
+            lines += [f"Model FLOPs utilisation, full fine-tuning ({FLOPS_FORMULA}): "
                       f"N = {r0['matmul_params']:,}, {r0['flops_per_step'] / 1e12:.2f} TFLOP per step, peak "
                       f"{r0['peak_flops'] / 1e12:.1f} TFLOP/s (dense bf16, datasheet).", "",
                       "| framework | step s | model TFLOP/s | MFU |", "|---|---|---|---|"]

@@ -397,8 +397,8 @@ def dot_product_attention(
     """
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"model.attention must be one of {ATTENTION_IMPLS}, got {impl!r}")
-    fused_ok = impl != "xla" and not (dropout_rate > 0.0 and dropout_rng is not None) and q.shape[1] == k.shape[1]
-    if fused_ok:
+    dropping = dropout_rate > 0.0 and dropout_rng is not None
+    if impl != "xla" and not dropping and q.shape[1] == k.shape[1]:
         return _fused_attention(q, k, v, mask, scale, impl, causal)
     b, t, h, dh = q.shape
     s_len, kh = k.shape[1], k.shape[2]
@@ -417,7 +417,7 @@ def dot_product_attention(
     if mask is not None:
         scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    if dropout_rate > 0.0 and dropout_rng is not None:
+    if dropping:
         keep = dropout_keep_mask(dropout_rng, dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0).astype(q.dtype)
     out = jax.lax.dot_general(probs.reshape(b, kh, g * t, s_len), vt, (((3,), (2,)), batch_dims))  # [B,K,G*T,Dh]
@@ -430,8 +430,7 @@ def _fused_attention(q, k, v, mask, scale, impl, causal):
     if mask is not None:
         # Padding-only masks are [B, 1, 1|T, S]; causal ∧ padding masks [B, 1, T, S] (their last query row
         # sees every real key of a right-padded row). Either way the last row's count is the key length.
-        m = jnp.broadcast_to(mask, (mask.shape[0], mask.shape[1], q.shape[1], k.shape[1]))
-        lengths = m[:, 0, -1, :].sum(-1).astype(jnp.int32)
+        lengths = mask[:, 0, -1, :].sum(-1).astype(jnp.int32)
         # A row with no real key (an all-pad filler row) gets length 1, not 0: finite output, loss-masked.
         lengths = jnp.maximum(jnp.broadcast_to(lengths, (q.shape[0],)), 1)
     out = jax.nn.dot_product_attention(
