@@ -288,7 +288,8 @@ def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_
         sh = parallel.train_shardings(mesh, state, params, cfg.parallel.rules)
         state = parallel.shard(state, sh["state"])
     train_step = step_lib.make_train_step(d["model"], delta_mod, tx, kind, cfg.train.on_nonfinite, shardings=sh,
-                                          accum_steps=cfg.train.grad_accum)
+                                          accum_steps=cfg.train.grad_accum, total_steps=total_steps,
+                                          loss=d.get("loss"))
     eval_step = step_lib.make_eval_step(d["model"], delta_mod, kind, shardings=sh)
     return {"state": state, "train_step": train_step, "eval_step": eval_step, "lr_schedule": lr_schedule,
             "shardings": sh}

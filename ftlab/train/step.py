@@ -34,31 +34,50 @@ def model_inputs(batch: dict) -> dict:
     return kw
 
 
-def make_loss_fn(model: nn.Module, delta_mod: ModuleType, kind: str) -> Callable:
-    penalty = getattr(delta_mod, "penalty", None)
-    # A stochastic delta (e.g. diff pruning's hard-concrete gates) samples with its own key in training.
-    stochastic = getattr(delta_mod, "STOCHASTIC", False)
+def apply_delta(delta_mod: ModuleType, base: Any, delta: Any, rng: jax.Array | None = None,
+                step: jax.Array | None = None, total_steps: int | None = None) -> dict:
+    """variables = delta_mod.apply(θ₀, δ) in training, with the extras a delta declares:
+    STOCHASTIC (diff pruning's gates): rng=key, train=True; SCHEDULED (pruning's sparsity schedule):
+    step=current step, total_steps=the run's length. Evaluation calls apply(θ₀, δ) alone."""
+    kw: dict[str, Any] = {}
+    if getattr(delta_mod, "STOCHASTIC", False) and rng is not None:
+        kw.update(rng=rng, train=True)
+    if getattr(delta_mod, "SCHEDULED", False) and step is not None:
+        kw.update(step=step, total_steps=total_steps)
+    return delta_mod.apply(base, delta, **kw)
 
-    def loss_fn(train, fixed, base, batch, rng):
+
+def make_loss_fn(model: nn.Module, delta_mod: ModuleType, kind: str, total_steps: int | None = None,
+                 loss: Callable | None = None) -> Callable:
+    """loss_fn(train, fixed, base, batch, rng, step) -> (loss, aux).
+
+    `loss(logits, batch, step) -> (loss, aux)` replaces `losses.compute(kind, ...)` (e.g. early exit's
+    combination of the exits' losses, which may depend on the step)."""
+    penalty = getattr(delta_mod, "penalty", None)
+    stochastic = getattr(delta_mod, "STOCHASTIC", False)
+    if loss is None:
+        loss = lambda logits, batch, step: losses.compute(kind, logits, batch)  # noqa: E731
+
+    def loss_fn(train, fixed, base, batch, rng, step=None):
         delta = tree.merge(train, fixed) if fixed else train
-        if stochastic:
+        delta_rng = None
+        if stochastic:  # a stochastic delta samples with its own key in training
             rng, delta_rng = jax.random.split(rng)
-            variables = delta_mod.apply(base, delta, rng=delta_rng, train=True)
-        else:
-            variables = delta_mod.apply(base, delta)
+        variables = apply_delta(delta_mod, base, delta, delta_rng, step, total_steps)
         logits = model.apply(variables, batch["input_ids"], deterministic=False, rngs={"dropout": rng},
                              **model_inputs(batch))
-        loss, aux = losses.compute(kind, logits, batch)
+        value, aux = loss(logits, batch, step)
         if penalty is not None:  # e.g. diff pruning's expected-L0 term
-            reg = penalty(delta)
+            reg = penalty(delta) if not getattr(delta_mod, "SCHEDULED", False) else penalty(delta, step, total_steps)
             aux["penalty"] = reg
-            loss = loss + reg
-        return loss, aux
+            value = value + reg
+        return value, aux
 
     return loss_fn
 
 
-def accumulated_value_and_grad(loss_fn: Callable, accum_steps: int, penalty: Callable | None = None) -> Callable:
+def accumulated_value_and_grad(loss_fn: Callable, accum_steps: int, penalty: Callable | None = None,
+                               scheduled: bool = False, total_steps: int | None = None) -> Callable:
     """value_and_grad of `loss_fn` over a batch split into `accum_steps` equal microbatches (a `lax.scan`, so
     only one microbatch's activations are live at a time), equal to the whole batch's up to rounding.
 
@@ -67,11 +86,11 @@ def accumulated_value_and_grad(loss_fn: Callable, accum_steps: int, penalty: Cal
     pruning's L0 term) does not depend on the data and is added once. Microbatch i draws its dropout from
     fold_in(rng, i)."""
 
-    def sum_loss(train, fixed, base, batch, rng):
-        _, aux = loss_fn(train, fixed, base, batch, rng)
+    def sum_loss(train, fixed, base, batch, rng, step):
+        _, aux = loss_fn(train, fixed, base, batch, rng, step)
         return aux["loss_sum"], aux
 
-    def value_and_grad(train, fixed, base, batch, rng):
+    def value_and_grad(train, fixed, base, batch, rng, step=None):
         b = jax.tree_util.tree_leaves(batch)[0].shape[0]
         if b % accum_steps:
             raise ValueError(f"batch of {b} rows does not split into grad_accum={accum_steps} equal microbatches")
@@ -81,7 +100,7 @@ def accumulated_value_and_grad(loss_fn: Callable, accum_steps: int, penalty: Cal
             grads, loss_sum, weight = carry
             mb, i = xs
             (ls, aux), g = jax.value_and_grad(sum_loss, has_aux=True)(train, fixed, base, mb,
-                                                                      jax.random.fold_in(rng, i))
+                                                                      jax.random.fold_in(rng, i), step)
             return (jax.tree_util.tree_map(jnp.add, grads, g), loss_sum + ls, weight + aux["weight"]), None
 
         zeros = jax.tree_util.tree_map(jnp.zeros_like, train)
@@ -92,7 +111,11 @@ def accumulated_value_and_grad(loss_fn: Callable, accum_steps: int, penalty: Cal
         grads = jax.tree_util.tree_map(lambda g: g / weight, grads)
         aux = {"loss_sum": loss_sum, "weight": weight}
         if penalty is not None:  # data-independent (diff pruning's L0 term): value and gradient once, from δ alone
-            reg, pen_grads = jax.value_and_grad(lambda t: penalty(tree.merge(t, fixed) if fixed else t))(train)
+            def pen(t):
+                d = tree.merge(t, fixed) if fixed else t
+                return penalty(d, step, total_steps) if scheduled else penalty(d)
+
+            reg, pen_grads = jax.value_and_grad(pen)(train)
             aux["penalty"] = reg
             loss = loss + reg
             grads = jax.tree_util.tree_map(jnp.add, grads, pen_grads)
@@ -102,7 +125,8 @@ def accumulated_value_and_grad(loss_fn: Callable, accum_steps: int, penalty: Cal
 
 
 def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientTransformation, kind: str,
-                    on_nonfinite: str = "stop", shardings: dict | None = None, accum_steps: int = 1) -> Callable:
+                    on_nonfinite: str = "stop", shardings: dict | None = None, accum_steps: int = 1,
+                    total_steps: int | None = None, loss: Callable | None = None) -> Callable:
     """jit(step)(state, base, batch) -> (state, metrics); `state` is donated.
 
     `accum_steps` > 1: gradient accumulation over that many equal microbatches of the batch (one optimizer
@@ -110,16 +134,19 @@ def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientT
 
     `shardings` ({'state', 'base', 'batch'} from `ftlab.parallel.train_shardings`) fixes the step's input and
     output layouts: the new state comes back laid out as the old one (so step two reuses the compilation and
-    donation reuses the buffers) and the metrics replicated (readable on every host)."""
-    loss_fn = make_loss_fn(model, delta_mod, kind)
+    donation reuses the buffers) and the metrics replicated (readable on every host).
+
+    `total_steps` reaches SCHEDULED deltas (pruning's sparsity schedule); `loss` as for `make_loss_fn`."""
+    loss_fn = make_loss_fn(model, delta_mod, kind, total_steps, loss)
     if accum_steps == 1:
         value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
     else:
-        value_and_grad = accumulated_value_and_grad(loss_fn, accum_steps, getattr(delta_mod, "penalty", None))
+        value_and_grad = accumulated_value_and_grad(loss_fn, accum_steps, getattr(delta_mod, "penalty", None),
+                                                    getattr(delta_mod, "SCHEDULED", False), total_steps)
 
     def train_step(state: dict, base: Any, batch: dict) -> tuple[dict, dict]:
         rng = jax.random.fold_in(state["rng"], state["step"])
-        (loss, aux), grads = value_and_grad(state["train"], state["fixed"], base, batch, rng)
+        (loss, aux), grads = value_and_grad(state["train"], state["fixed"], base, batch, rng, state["step"])
         gnorm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], state["train"])
         new_train = optax.apply_updates(state["train"], updates)
