@@ -181,26 +181,32 @@ class BertLayer(nn.Module):
 
 
 class BertLayerStack(nn.Module):
-    """The `encoder/layer` container: children named "0".."L-1" so paths read encoder/layer/3/..."""
+    """The `encoder/layer` container: children named "0".."L-1" so paths read encoder/layer/3/...
+
+    Returns the last layer's output, or with `all_hidden` the list of every layer's output (early exit)."""
 
     config: BertConfig
     deterministic: bool = True
+    all_hidden: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array) -> Array:
+    def __call__(self, x: Array, mask: Array) -> Array | list[Array]:
         layer_cls = remat_layer(BertLayer, self.config.remat)
+        outs = []
         for i in range(self.config.num_hidden_layers):
             x = constrain_rows(layer_cls(self.config, self.deterministic, name=str(i))(x, mask))
-        return x
+            outs.append(x)
+        return outs if self.all_hidden else x
 
 
 class BertEncoder(nn.Module):
     config: BertConfig
     deterministic: bool = True
+    all_hidden: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array) -> Array:
-        return BertLayerStack(self.config, self.deterministic, name="layer")(x, mask)
+    def __call__(self, x: Array, mask: Array) -> Array | list[Array]:
+        return BertLayerStack(self.config, self.deterministic, self.all_hidden, name="layer")(x, mask)
 
 
 class BertPooler(nn.Module):
@@ -216,10 +222,12 @@ class BertPooler(nn.Module):
 
 class BertModel(nn.Module):
     """The backbone. Returns {'hidden': [B, P+T, D], 'pooled': [B, D] | None, 'embedding': [V, D],
-    'mask': [B, P+T], 'num_prompt': P} (P = soft-prompt length, 0 without prompt tuning)."""
+    'mask': [B, P+T], 'num_prompt': P} (P = soft-prompt length, 0 without prompt tuning), and with
+    `all_hidden` also 'all_hidden': every layer's output (a list of L [B, P+T, D] arrays; early exit)."""
 
     config: BertConfig
     with_pooler: bool = False
+    all_hidden: bool = False
 
     @nn.compact
     def __call__(
@@ -239,7 +247,9 @@ class BertModel(nn.Module):
         if num_prompt:
             ones = jnp.ones((input_ids.shape[0], num_prompt), attention_mask.dtype)
             attention_mask = jnp.concatenate([ones, attention_mask], axis=1)
-        x = BertEncoder(c, deterministic, name="encoder")(x, padding_mask(attention_mask))
+        layers = BertEncoder(c, deterministic, self.all_hidden, name="encoder")(x, padding_mask(attention_mask))
+        all_hidden = layers if self.all_hidden else None
+        x = layers[-1] if self.all_hidden else layers
         pooled = None
         if c.add_pooling_layer or self.with_pooler:
             pooled = BertPooler(c, name="pooler")(x)
@@ -249,4 +259,5 @@ class BertModel(nn.Module):
             "embedding": table,
             "mask": attention_mask,
             "num_prompt": num_prompt,
+            **({"all_hidden": all_hidden} if self.all_hidden else {}),
         }

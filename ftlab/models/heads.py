@@ -26,7 +26,7 @@ from ftlab.models.configs import BertConfig, GPT2Config, LlamaConfig, ModelConfi
 from ftlab.models.layers import Dense, Dropout, LayerNorm, activation, compute_dtype
 
 Array = jax.Array
-HEADS = (None, "sequence_classification", "token_classification", "masked_lm", "causal_lm")
+HEADS = (None, "sequence_classification", "token_classification", "masked_lm", "causal_lm", "early_exit")
 POOLINGS = ("default", "pooler", "cls", "mean", "last")
 
 
@@ -78,6 +78,61 @@ class LMPredictionHead(nn.Module):
         return jnp.dot(x, table.astype(dt).T) + bias.astype(dt)
 
 
+class ExitHead(nn.Module):
+    """One early exit (DeeBERT's off-ramp): pool -> dense -> tanh -> dropout -> classifier.
+    hidden [B, T, D], mask [B, T] -> (logits [B, C], pooled [B, D]). Pooling 'default' is 'mean'."""
+
+    config: ModelConfig
+    num_labels: int = 2
+    pooling: str = "default"
+
+    @nn.compact
+    def __call__(self, hidden: Array, attention_mask: Array, deterministic: bool = True) -> tuple[Array, Array]:
+        c = self.config
+        dt = compute_dtype(c.dtype)
+        init = nn.initializers.normal(c.initializer_range)
+        how = "mean" if self.pooling in ("default", "pooler") else self.pooling
+        pooled = pool(hidden, attention_mask, how)
+        x = jnp.tanh(Dense(c.hidden_size, True, dt, init, name="dense")(pooled))
+        x = Dropout(_dropout_rate(c))(x, deterministic=deterministic)
+        return Dense(self.num_labels, True, dt, init, name="classifier")(x), pooled
+
+
+class LearnedExit(nn.Module):
+    """BERxiT's learning-to-exit module, shared by all layers: σ(w·pooled + b), the predicted chance that this
+    exit's output is right. Fed stop_gradient(pooled): its loss trains it without moving the backbone.
+    pooled [B, D] -> logit [B]."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, pooled: Array) -> Array:
+        c = self.config
+        init = nn.initializers.normal(c.initializer_range)
+        return Dense(1, True, compute_dtype(c.dtype), init, name="dense")(jax.lax.stop_gradient(pooled))[:, 0]
+
+
+class EarlyExitHeads(nn.Module):
+    """An exit after every layer (params head/exits/{i}/{dense,classifier}, i = 0..L-1) and the shared
+    learned-exit module (head/lte/dense). all_hidden: L × [B, T, D] ->
+    {'logits': [B, L, C], 'lte': [B, L] (logits of σ)}."""
+
+    config: ModelConfig
+    num_labels: int = 2
+    pooling: str = "default"
+
+    @nn.compact
+    def __call__(self, all_hidden: list, attention_mask: Array, deterministic: bool) -> dict[str, Array]:
+        lte = LearnedExit(self.config, name="lte")
+        logits, gates = [], []
+        for i, h in enumerate(all_hidden):
+            lg, pooled = ExitHead(self.config, self.num_labels, self.pooling, name=f"exits_{i}")(
+                h, attention_mask, deterministic)
+            logits.append(lg)
+            gates.append(lte(pooled))
+        return {"logits": jnp.stack(logits, 1).astype(jnp.float32), "lte": jnp.stack(gates, 1).astype(jnp.float32)}
+
+
 class Head(nn.Module):
     """All heads in one place; `name='head'`. Inputs come from the backbone's output dict."""
 
@@ -122,6 +177,11 @@ class Head(nn.Module):
             if fam != "bert":
                 raise ValueError(f"masked_lm head needs an encoder (bert family), got {fam}")
             return LMPredictionHead(c, name="predictions")(hidden, out["embedding"])
+        if self.head == "early_exit":
+            if fam != "bert":
+                raise ValueError(f"early_exit head is built for encoders (bert family), got {fam}")
+            return EarlyExitHeads(c, self.num_labels, self.pooling, name="early_exit")(
+                out["all_hidden"], attention_mask, deterministic)
         if self.head == "causal_lm":
             if fam == "bert":
                 raise ValueError("causal_lm head needs a decoder (llama or gpt2 family), got bert")
@@ -154,7 +214,7 @@ class TaskModel(nn.Module):
             needs_pooler = self.head == "sequence_classification" and (
                 self.pooling == "pooler" or (self.pooling == "default" and c.model_type == "bert")
             )
-            return BertModel(c, with_pooler=needs_pooler, name="backbone")
+            return BertModel(c, with_pooler=needs_pooler, all_hidden=self.head == "early_exit", name="backbone")
         if isinstance(c, LlamaConfig):
             from ftlab.models.llama import LlamaModel
 
@@ -204,7 +264,9 @@ class TaskModel(nn.Module):
                 q_mask = out["mask"]
             result = Head(self.config, self.head, self.num_labels, self.pooling, name="head")(
                 out, q_mask, deterministic
-            ).astype(jnp.float32)
-        if num_prompt and self.head != "sequence_classification":
+            )
+            if not isinstance(result, dict):  # early exit returns {'logits', 'lte'}, already float32
+                result = result.astype(jnp.float32)
+        if num_prompt and self.head not in ("sequence_classification", "early_exit"):
             result = result[:, num_prompt:]  # per-token outputs are for the input tokens only
         return result if cache is None else (result, new_cache)

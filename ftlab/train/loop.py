@@ -88,10 +88,23 @@ def default_config() -> config_lib.Config:
             progress=True,
             crash_after_checkpoint=0,  # testing crash safety: SIGKILL this process right after that step's checkpoint
         ),
+        # Early exit (ftlab.exits): routine none | weighted (PABEE) | two_stage (DeeBERT) | alternating
+        # (BERxiT); anything but none gives the model an exit after every layer.
+        exit=config_lib.Config(**_exit_defaults()),
         # Device mesh (data, fsdp, tensor; one size may be -1 = the devices left over) and extra
         # (regex, PartitionSpec) sharding rules; see ftlab.parallel. Default: pure data parallelism.
         parallel=config_lib.Config(**parallel.DEFAULTS),
     )
+
+
+def _exit_defaults() -> dict[str, Any]:
+    from ftlab import exits
+
+    return dict(exits.DEFAULTS)
+
+
+def _exit_routine(cfg: config_lib.Config) -> str:
+    return cfg.get("exit", {}).get("routine", "none")  # runs saved before early exit existed have no `exit`
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -115,6 +128,8 @@ def prepare(cfg: config_lib.Config, head: str | None = None) -> dict[str, Any]:
         import dataclasses
 
         model_config = dataclasses.replace(model_config, **overrides)
+    if head is None and _exit_routine(cfg) != "none":
+        head = "early_exit"
     model = build_model(model_config, head=head or TASK_HEADS[task.kind], num_labels=task.num_labels,
                         pooling=cfg.model.pooling)
     example = jnp.ones((1, 8), jnp.int32)
@@ -273,6 +288,12 @@ def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_
     rng = jax.random.key(cfg.seed)
     n_layers = num_layers(delta_mod.apply(params, delta)["params"])
     tx, lr_schedule = optim.build(dict(cfg.optim), train_params, total_steps, n_layers)
+    loss = d.get("loss")
+    if _exit_routine(cfg) != "none":
+        from ftlab import exits
+
+        loss = exits.make_loss(cfg.exit, kind, total_steps)
+        tx = exits.freeze_in_stage2(tx, train_params, cfg.exit, total_steps)
     state = {
         "step": jnp.zeros([], jnp.int32),
         "train": train_params,
@@ -289,7 +310,7 @@ def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_
         state = parallel.shard(state, sh["state"])
     train_step = step_lib.make_train_step(d["model"], delta_mod, tx, kind, cfg.train.on_nonfinite, shardings=sh,
                                           accum_steps=cfg.train.grad_accum, total_steps=total_steps,
-                                          loss=d.get("loss"))
+                                          loss=loss)
     eval_step = step_lib.make_eval_step(d["model"], delta_mod, kind, shardings=sh)
     return {"state": state, "train_step": train_step, "eval_step": eval_step, "lr_schedule": lr_schedule,
             "shardings": sh}

@@ -182,6 +182,8 @@ def make_eval_step(model: nn.Module, delta_mod: ModuleType, kind: str, shardings
         delta = tree.merge(train, fixed) if fixed else train
         variables = delta_mod.apply(base, delta)
         logits = model.apply(variables, batch["input_ids"], deterministic=True, **model_inputs(batch))
+        if isinstance(logits, dict):  # early exit: the metrics are the last exit's (the full model's)
+            logits = logits["logits"][:, -1]
         _, aux = losses.compute(kind, logits, batch)
         return {"pred": losses.predictions(kind, logits), **aux}
 
