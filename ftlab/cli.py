@@ -5,6 +5,8 @@
     ftlab info   --workdir DIR | --config FILE[:variant]  # trainable parameters by path group, δ bytes, base hash
     ftlab export --workdir DIR --out FOLDER               # merge δ into θ₀, write a Hugging Face folder
     ftlab plot   --workdir DIR [DIR ...] --out FILE.png   # learning curves (train loss, dev score)
+                 [--kind curves|compare|seeds|early-exit]  # + dev-score bars, seed variance (--group-by),
+                                                          #   early-exit curves (--json from scripts/early_exit.py)
     ftlab bench  [--models minilm,smollm2] [--methods ...] [--steps N] [--warmup N] [--out docs/bench]
                                                           # CPU benchmark vs transformers + PEFT (scripts/bench.py)
 """
@@ -145,38 +147,34 @@ def cmd_export(argv: list[str]) -> int:
 
 
 def cmd_plot(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="ftlab plot")
-    ap.add_argument("--workdir", nargs="+", required=True)
+    ap = argparse.ArgumentParser(prog="ftlab plot", description="PNG plots of finished runs (see ftlab.plots)")
+    ap.add_argument("--kind", default="curves", choices=["curves", "compare", "seeds", "early-exit"],
+                    help="curves: loss/dev score vs step; compare: dev score bars; seeds: seed variance per "
+                         "group; early-exit: a scripts/early_exit.py JSON's quality vs speed-up")
+    ap.add_argument("--workdir", nargs="+", help="run directories (curves, compare, seeds)")
+    ap.add_argument("--json", help="early-exit: the JSON scripts/early_exit.py wrote")
+    ap.add_argument("--group-by", default="method", choices=["method", "task", "dir"], help="seeds: grouping")
     ap.add_argument("--out", required=True, help="PNG file")
     args = ap.parse_args(argv)
-    import matplotlib
+    from ftlab import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for wd in args.workdir:
-        path = os.path.join(wd, "metrics.jsonl")
-        if not os.path.isfile(path):
-            raise SystemExit(f"error: {path} not found")
-        rows = [json.loads(line) for line in open(path) if line.strip()]
-        label = os.path.basename(os.path.normpath(wd))
-        tr = [r for r in rows if r["kind"] == "train"]
-        ev = [r for r in rows if r["kind"] == "eval"]
-        ax1.plot([r["step"] for r in tr], [r["loss"] for r in tr], label=label)
-        main = None
-        if os.path.isfile(os.path.join(wd, "results.json")):
-            main = json.load(open(os.path.join(wd, "results.json"))).get("main_metric")
-        main = main or next((k for k in (ev[0] if ev else {}) if k not in ("step", "kind", "loss")), None)
-        if main:
-            ax2.plot([r["step"] for r in ev], [r[main] for r in ev], marker="o", label=f"{label} ({main})")
-    ax1.set(xlabel="step", ylabel="train loss", title="training loss")
-    ax2.set(xlabel="step", ylabel="dev score", title="dev score")
-    for ax in (ax1, ax2):
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
+    try:
+        if args.kind == "early-exit":
+            if not args.json:
+                raise SystemExit("error: --kind early-exit needs --json (written by scripts/early_exit.py)")
+            plots.early_exit(args.json, args.out)
+        elif not args.workdir:
+            raise SystemExit(f"error: --kind {args.kind} needs --workdir")
+        elif args.kind == "curves":
+            plots.curves(args.workdir, args.out)
+        elif args.kind == "compare":
+            plots.compare(args.workdir, args.out)
+        else:
+            groups = plots.seeds(args.workdir, args.out, args.group_by)
+            for k, v in groups.items():
+                print(f"{k}: n={len(v)} mean={sum(v) / len(v):.4f} min={min(v):.4f} max={max(v):.4f}")
+    except (FileNotFoundError, KeyError) as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"wrote {args.out}")
     return 0
 

@@ -210,28 +210,9 @@ def markdown(r: dict) -> str:
 
 
 def plot(r: dict, path: str) -> None:
-    import matplotlib
+    from ftlab import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    m = r["main_metric"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, marker in (("entropy", "o"), ("patience", "s"), ("learned", "^"), ("static", "x")):
-        pts = sorted((row["speedup"], row[m]) for row in r["rows"] if row["policy"] == name)
-        if pts:
-            ax.plot(*zip(*pts), marker=marker, label=name if name != "static" else "static exit (no retraining)")
-    if r["removed"]:
-        pts = sorted((rm["speedup"], rm[m]) for rm in r["removed"])
-        ax.plot(*zip(*pts), marker="D", linestyle="--", label="layers removed, retrained")
-    ax.axhline(r["full_score"] - 0.01, color="grey", linestyle=":", label="full − 1 point")
-    ax.set_xlabel("measured speed-up at batch size 1 (CPU)")
-    ax.set_ylabel(f"dev {m}")
-    ax.set_title(f"{r['task']}: early exit ({r['routine']} training), MiniLM-L6")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plots.early_exit(r, path)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,29 @@ def test_plot_writes_png(trained, tmp_path):
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_plot_compare_and_seed_variance(trained, tmp_path, capsys):
+    import shutil
+
+    runs = []
+    for seed, acc in ((1, 0.5), (2, 0.7), (3, 0.9)):
+        wd = tmp_path / f"s{seed}"
+        shutil.copytree(trained, wd)
+        r = json.load(open(wd / "results.json"))
+        r["best_metrics"] = {**(r["best_metrics"] or r["metrics"]), "accuracy": acc}
+        json.dump(r, open(wd / "results.json", "w"))
+        runs.append(str(wd))
+    capsys.readouterr()
+    assert cli.main(["plot", "--kind", "seeds", "--workdir", *runs, "--out", str(tmp_path / "seeds.png")]) == 0
+    assert "full: n=3 mean=0.7000 min=0.5000 max=0.9000" in capsys.readouterr().out
+    assert cli.main(["plot", "--kind", "compare", "--workdir", *runs, "--out", str(tmp_path / "bars.png")]) == 0
+    for f in ("seeds.png", "bars.png"):
+        assert (tmp_path / f).read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="results.json not found"):
+        cli.main(["plot", "--kind", "compare", "--workdir", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.png")])
+    with pytest.raises(SystemExit, match="needs --json"):
+        cli.main(["plot", "--kind", "early-exit", "--out", str(tmp_path / "x.png")])
+
+
 def test_unknown_command(capsys):
     assert cli.main(["trian"]) == 2
     assert "unknown command" in capsys.readouterr().err

@@ -212,3 +212,9 @@ def test_early_exit_run_end_to_end_and_policy_script(tmp_path, tiny_bert_dir):
     assert static_last["accuracy"] == pytest.approx(r["metrics"]["accuracy"])  # last exit = the loop's metric
     assert all(row["agreement_with_simulation"] == 1.0 for row in res["rows"])
     assert os.path.isfile(out / "sst2_alternating.png") and "| policy |" in p.stdout
+    from ftlab import cli
+
+    png = tmp_path / "again.png"
+    assert cli.main(["plot", "--kind", "early-exit", "--json", str(out / "sst2_alternating.json"),
+                     "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
