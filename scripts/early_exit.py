@@ -36,9 +36,9 @@ from ftlab.tasks import metrics as metrics_lib  # noqa: E402
 from ftlab.train import loop  # noqa: E402
 
 GRIDS = {
-    "entropy": (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6),
+    "entropy": (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.65, 0.68),
     "patience": (1, 2, 3, 4, 5),
-    "learned": (0.99, 0.95, 0.9, 0.8, 0.7, 0.5),
+    "learned": (0.99, 0.95, 0.9, 0.8, 0.7, 0.65, 0.6, 0.55, 0.5),
 }
 
 
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
             runner.full(*e)
         return time.perf_counter() - t
 
-    t_full = min(time_full(), time_full())
+    t_full = min(time_full(), time_full())  # timed again at the end: the smallest of the three is used
     settings = [("static", k) for k in range(1, n_layers + 1)]
     for name, grid in GRIDS.items():
         if name == "entropy" and task.kind != "classification":
@@ -114,9 +114,11 @@ def main(argv=None) -> int:
         pol = exits.Policy(name, th, task.kind, n_layers, tol=args.tol)
         pred_sim, layer_sim = exits.simulate(pol, logits, lte)
         score = metrics_lib.compute(task, pred_sim.tolist(), refs)[main_metric]
-        t = time.perf_counter()
-        measured = [runner.run_one(pol, *e) for e in exs]
-        wall = time.perf_counter() - t
+        wall = float("inf")
+        for _ in range(2):  # best of two passes: the machine is shared, timings are noisy
+            t = time.perf_counter()
+            measured = [runner.run_one(pol, *e) for e in exs]
+            wall = min(wall, time.perf_counter() - t)
         layers_run = np.array([m[1] for m in measured])
         agree = float(np.mean(layers_run == layer_sim[: len(exs)]))
         rows.append({"policy": name, "threshold": th, main_metric: score, "avg_exit_layer": float(layer_sim.mean()),
@@ -124,6 +126,12 @@ def main(argv=None) -> int:
                      "agreement_with_simulation": agree})
         print(f"[early_exit] {pol}: {main_metric}={score:.4f} avg layer {layer_sim.mean():.2f} "
               f"speed-up {t_full / wall:.2f}x (agree {agree:.3f})", file=sys.stderr)
+
+    t_end = time_full()
+    if t_end < t_full:  # the baseline got faster during the sweep: rescale every speed-up to the fastest
+        for row in rows:
+            row["speedup"] = t_end / row["seconds_batch1"]
+        t_full = t_end
 
     # 3. batched mode at batch 32, for the fastest setting within 1 point of the full model
     ok = [r for r in rows if r["policy"] != "static" and r[main_metric] >= full_score - 0.01]
@@ -163,10 +171,12 @@ def main(argv=None) -> int:
         fwd = jax.jit(lambda v, ids, tt, am, m=rmodel: m.apply(v, ids, attention_mask=am, token_type_ids=tt))
         for e in exs:
             fwd(rvars, *e)
-        t = time.perf_counter()
-        for e in exs:
-            np.asarray(fwd(rvars, *e))
-        wall = time.perf_counter() - t
+        wall = float("inf")
+        for _ in range(2):
+            t = time.perf_counter()
+            for e in exs:
+                np.asarray(fwd(rvars, *e))
+            wall = min(wall, time.perf_counter() - t)
         res = json.load(open(os.path.join(wd, "results.json")))
         score = (res["best_metrics"] or res["metrics"])[main_metric]
         n_kept = rmodel.config.num_hidden_layers

@@ -10,6 +10,10 @@ The contract each `ftlab/deltas/<method>.py` implements (see docs/methods.md):
     from_disk(arrays, base_params, config) -> delta     # inverse of to_disk
     num_trainable(base_params, config) -> int           # the method's formula (tests compare)
 
+Optional, per module: STOCHASTIC / SCHEDULED (extra arguments of apply in training, see ftlab.train.step),
+`penalty(delta[, step, total_steps])` (added to the loss), `stats(base_params, delta) -> dict` (written to
+results.json as `delta_stats`), STORED_FORM_DIFFERS (from_disk(to_disk(δ)) is another δ with the same apply).
+
 `variables` is what the Flax model is applied with: `{'params': θ}` for parameter-tree deltas, plus a
 `'delta'` collection for module deltas (read by the model at named sites). Deltas compose by a short loop
 (`apply_all`). Methods are looked up by module name (`get('bitfit')`), not by a registry.

@@ -498,6 +498,8 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
         "jax_version": jax.__version__,
         "device": jax.devices()[0].device_kind,
     }
+    if hasattr(delta_mod, "stats"):  # a method's own summary of the exported δ (e.g. pruning's density)
+        results["delta_stats"] = delta_mod.stats(params, export)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json.tmp"), "w") as f:
             json.dump(results, f, indent=2, default=float)
