@@ -78,14 +78,13 @@ def main(argv=None) -> int:
     refs = [float(x) if task.kind == "regression" else int(x) for x in enc.labels]
     runner = exits.ExitRunner(model, variables)
     n_layers = runner.num_layers
-    exs = examples(enc, pad_id)
-    if args.limit:
-        exs = exs[: args.limit]
+    all_exs = examples(enc, pad_id)
+    exs = all_exs[: args.limit] if args.limit else all_exs
     main_metric = task.main_metric
 
     # 1. every exit's outputs, one example at a time (the padded shapes timing will use: compiles them too)
     t0 = time.perf_counter()
-    outs = [runner.all_exits(*e) for e in examples(enc, pad_id)]
+    outs = [runner.all_exits(*e) for e in all_exs]
     logits = np.concatenate([o[0] for o in outs])
     lte = np.concatenate([o[1] for o in outs])
     print(f"[early_exit] all exits on {len(refs)} examples in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

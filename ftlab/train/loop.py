@@ -288,7 +288,7 @@ def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_
     rng = jax.random.key(cfg.seed)
     n_layers = num_layers(delta_mod.apply(params, delta)["params"])
     tx, lr_schedule = optim.build(dict(cfg.optim), train_params, total_steps, n_layers)
-    loss = d.get("loss")
+    loss = None  # the task's own loss
     if _exit_routine(cfg) != "none":
         from ftlab import exits
 

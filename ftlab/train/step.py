@@ -47,13 +47,24 @@ def apply_delta(delta_mod: ModuleType, base: Any, delta: Any, rng: jax.Array | N
     return delta_mod.apply(base, delta, **kw)
 
 
+def delta_penalty(delta_mod: ModuleType, total_steps: int | None = None) -> Callable | None:
+    """The delta's loss term as penalty(δ, step) (diff pruning's expected L0, soft movement's λ_t·Σσ(S)), or
+    None. A SCHEDULED delta's penalty also sees the step and the run's length."""
+    penalty = getattr(delta_mod, "penalty", None)
+    if penalty is None:
+        return None
+    if getattr(delta_mod, "SCHEDULED", False):
+        return lambda delta, step: penalty(delta, step, total_steps)
+    return lambda delta, step: penalty(delta)
+
+
 def make_loss_fn(model: nn.Module, delta_mod: ModuleType, kind: str, total_steps: int | None = None,
                  loss: Callable | None = None) -> Callable:
     """loss_fn(train, fixed, base, batch, rng, step) -> (loss, aux).
 
     `loss(logits, batch, step) -> (loss, aux)` replaces `losses.compute(kind, ...)` (e.g. early exit's
     combination of the exits' losses, which may depend on the step)."""
-    penalty = getattr(delta_mod, "penalty", None)
+    penalty = delta_penalty(delta_mod, total_steps)
     stochastic = getattr(delta_mod, "STOCHASTIC", False)
     if loss is None:
         loss = lambda logits, batch, step: losses.compute(kind, logits, batch)  # noqa: E731
@@ -68,7 +79,7 @@ def make_loss_fn(model: nn.Module, delta_mod: ModuleType, kind: str, total_steps
                              **model_inputs(batch))
         value, aux = loss(logits, batch, step)
         if penalty is not None:  # e.g. diff pruning's expected-L0 term
-            reg = penalty(delta) if not getattr(delta_mod, "SCHEDULED", False) else penalty(delta, step, total_steps)
+            reg = penalty(delta, step)
             aux["penalty"] = reg
             value = value + reg
         return value, aux
@@ -76,8 +87,7 @@ def make_loss_fn(model: nn.Module, delta_mod: ModuleType, kind: str, total_steps
     return loss_fn
 
 
-def accumulated_value_and_grad(loss_fn: Callable, accum_steps: int, penalty: Callable | None = None,
-                               scheduled: bool = False, total_steps: int | None = None) -> Callable:
+def accumulated_value_and_grad(loss_fn: Callable, accum_steps: int, penalty: Callable | None = None) -> Callable:
     """value_and_grad of `loss_fn` over a batch split into `accum_steps` equal microbatches (a `lax.scan`, so
     only one microbatch's activations are live at a time), equal to the whole batch's up to rounding.
 
@@ -111,11 +121,7 @@ def accumulated_value_and_grad(loss_fn: Callable, accum_steps: int, penalty: Cal
         grads = jax.tree_util.tree_map(lambda g: g / weight, grads)
         aux = {"loss_sum": loss_sum, "weight": weight}
         if penalty is not None:  # data-independent (diff pruning's L0 term): value and gradient once, from δ alone
-            def pen(t):
-                d = tree.merge(t, fixed) if fixed else t
-                return penalty(d, step, total_steps) if scheduled else penalty(d)
-
-            reg, pen_grads = jax.value_and_grad(pen)(train)
+            reg, pen_grads = jax.value_and_grad(lambda t: penalty(tree.merge(t, fixed) if fixed else t, step))(train)
             aux["penalty"] = reg
             loss = loss + reg
             grads = jax.tree_util.tree_map(jnp.add, grads, pen_grads)
@@ -141,8 +147,7 @@ def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientT
     if accum_steps == 1:
         value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
     else:
-        value_and_grad = accumulated_value_and_grad(loss_fn, accum_steps, getattr(delta_mod, "penalty", None),
-                                                    getattr(delta_mod, "SCHEDULED", False), total_steps)
+        value_and_grad = accumulated_value_and_grad(loss_fn, accum_steps, delta_penalty(delta_mod, total_steps))
 
     def train_step(state: dict, base: Any, batch: dict) -> tuple[dict, dict]:
         rng = jax.random.fold_in(state["rng"], state["step"])
