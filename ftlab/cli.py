@@ -1,6 +1,8 @@
 """The `ftlab` command: train, eval, info, export, plot, bench.
 
     ftlab train  --config configs/<exp>.py[:variant] --workdir DIR [--config.key=value ...]
+    ftlab sweep  --config configs/<exp>.py[:variant] --workdir DIR --seeds 10|13,21,42 [--mode vmap|sequential]
+                 [--stop-fraction F --keep K] [--config.key=value ...]   # N seeds in one program (ftlab.train.sweep)
     ftlab eval   --workdir DIR [--split dev]              # re-evaluate the exported δ of a finished run
     ftlab info   --workdir DIR | --config FILE[:variant]  # trainable parameters by path group, δ bytes, base hash
     ftlab export --workdir DIR --out FOLDER               # merge δ into θ₀, write a Hugging Face folder
@@ -61,6 +63,41 @@ def cmd_train(argv: list[str]) -> int:
                       "dev": {k: round(v, 4) for k, v in m.items()},
                       "trainable_params": results["trainable_params"], "delta_bytes": results["delta_bytes"],
                       "steps_per_second": results["steps_per_second"], "workdir": args.workdir}))
+    return 0
+
+
+def cmd_sweep(argv: list[str]) -> int:
+    overrides, rest = config_lib.parse_cli_overrides(argv)
+    ap = argparse.ArgumentParser(prog="ftlab sweep", description="train several seeds of one config; see "
+                                 "ftlab.train.sweep (vmap: one program for all seeds)")
+    ap.add_argument("--config", required=True, help="configs/<exp>.py[:variant]")
+    ap.add_argument("--workdir", required=True, help="output directory (resumed if it has a checkpoint)")
+    ap.add_argument("--seeds", help="N (N seeds from config.seed on) or a comma list; default config.sweep.seeds")
+    ap.add_argument("--mode", choices=["vmap", "sequential"], help="default config.sweep.mode")
+    ap.add_argument("--stop-fraction", type=float, help="stop all but --keep seeds after this fraction of steps")
+    ap.add_argument("--keep", type=int, help="seeds that go on after --stop-fraction")
+    args = ap.parse_args(rest)
+    try:
+        cfg = config_lib.apply_overrides(config_lib.load(args.config), overrides)
+        if args.seeds:
+            try:
+                seeds = (tuple(range(cfg.seed, cfg.seed + int(args.seeds))) if args.seeds.isdigit()
+                         else tuple(int(s) for s in args.seeds.split(",")))
+            except ValueError:
+                raise config_lib.ConfigError(f"--seeds {args.seeds!r}: expected N or a comma list of ints") from None
+            cfg.sweep.seeds = seeds
+        for key, value in (("mode", args.mode), ("stop_fraction", args.stop_fraction), ("keep", args.keep)):
+            if value is not None:
+                cfg.sweep[key] = value
+        from ftlab.train import sweep
+
+        summary = sweep.train_seeds(cfg, args.workdir)
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"task": summary["task"], "method": summary["method"], "metric": summary["main_metric"],
+                      "best_by_seed": {s: r["best_score"] for s, r in summary["per_seed"].items()},
+                      "mean": summary["mean"], "std": summary["std"], "workdir": args.workdir}))
     return 0
 
 
@@ -193,7 +230,7 @@ def cmd_bench(argv: list[str]) -> int:
     return bench.main(argv)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "info": cmd_info, "export": cmd_export, "plot": cmd_plot,
+COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "eval": cmd_eval, "info": cmd_info, "export": cmd_export, "plot": cmd_plot,
             "bench": cmd_bench}
 
 

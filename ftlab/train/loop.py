@@ -40,7 +40,7 @@ from ftlab.train import step as step_lib
 # Keys a resumed run may change: logging, and how the same computation is laid out or scheduled (the device
 # mesh and its rules, so a checkpoint resumes on another device count; rematerialisation; accumulation).
 RESUME_IGNORED_KEYS = ("train.log_every", "train.progress", "train.crash_after_checkpoint", "parallel",
-                       "model.remat", "train.grad_accum")
+                       "model.remat", "train.grad_accum", "sweep")
 
 
 class WorkdirError(RuntimeError):
@@ -94,6 +94,10 @@ def default_config() -> config_lib.Config:
         # Device mesh (data, fsdp, tensor; one size may be -1 = the devices left over) and extra
         # (regex, PartitionSpec) sharding rules; see ftlab.parallel. Default: pure data parallelism.
         parallel=config_lib.Config(**parallel.DEFAULTS),
+        # Seed sweeps (`ftlab sweep`, ftlab.train.sweep): seeds, mode vmap (one program) | sequential,
+        # stop_fraction/keep (after that fraction of the steps only the `keep` best seeds go on). A single
+        # `ftlab train` run ignores this section.
+        sweep=config_lib.Config(**_sweep_defaults()),
     )
 
 
@@ -101,6 +105,12 @@ def _exit_defaults() -> dict[str, Any]:
     from ftlab import exits
 
     return dict(exits.DEFAULTS)
+
+
+def _sweep_defaults() -> dict[str, Any]:
+    from ftlab.train import sweep
+
+    return dict(sweep.DEFAULTS)
 
 
 def _exit_routine(cfg: config_lib.Config) -> str:
@@ -275,12 +285,13 @@ def init_delta(cfg: config_lib.Config, prep: dict[str, Any]) -> dict[str, Any]:
 
 
 def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_steps: int,
-                  kind: str, mesh=None) -> dict[str, Any]:
+                  kind: str, mesh=None, jit: bool = True) -> dict[str, Any]:
     """Optimizer, initial (donated) train state and jitted steps for δ `d` (from `init_delta`) on θ₀ `params`:
     {'state', 'train_step', 'eval_step', 'lr_schedule', 'shardings'}. `kind`: the loss (a task kind, or
     'causal_lm'). `mesh` with more than one device: the state comes back laid out on it, the steps are jitted
     with `shardings` ({'state', 'base', 'batch'} from `parallel.train_shardings`; θ₀ is the caller's to lay
-    out with `shardings['base']`); otherwise `shardings` is None and everything is as on one device."""
+    out with `shardings['base']`); otherwise `shardings` is None and everything is as on one device.
+    `jit=False`: the steps are the plain functions (a seed sweep vmaps them, ftlab.train.sweep)."""
     from ftlab import optim
     from ftlab.deltas.subset import num_layers
 
@@ -310,8 +321,8 @@ def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_
         state = parallel.shard(state, sh["state"])
     train_step = step_lib.make_train_step(d["model"], delta_mod, tx, kind, cfg.train.on_nonfinite, shardings=sh,
                                           accum_steps=cfg.train.grad_accum, total_steps=total_steps,
-                                          loss=loss)
-    eval_step = step_lib.make_eval_step(d["model"], delta_mod, kind, shardings=sh)
+                                          loss=loss, jit=jit)
+    eval_step = step_lib.make_eval_step(d["model"], delta_mod, kind, shardings=sh, jit=jit)
     return {"state": state, "train_step": train_step, "eval_step": eval_step, "lr_schedule": lr_schedule,
             "shardings": sh}
 

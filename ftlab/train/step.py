@@ -132,8 +132,10 @@ def accumulated_value_and_grad(loss_fn: Callable, accum_steps: int, penalty: Cal
 
 def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientTransformation, kind: str,
                     on_nonfinite: str = "stop", shardings: dict | None = None, accum_steps: int = 1,
-                    total_steps: int | None = None, loss: Callable | None = None) -> Callable:
+                    total_steps: int | None = None, loss: Callable | None = None, jit: bool = True) -> Callable:
     """jit(step)(state, base, batch) -> (state, metrics); `state` is donated.
+
+    `jit=False` returns the plain function (for `jax.vmap` over seeds, ftlab.train.sweep; no shardings).
 
     `accum_steps` > 1: gradient accumulation over that many equal microbatches of the batch (one optimizer
     update per step; see `accumulated_value_and_grad`).
@@ -165,6 +167,10 @@ def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientT
             metrics["penalty"] = aux["penalty"]
         return new_state, metrics
 
+    if not jit:
+        if shardings is not None:
+            raise ValueError("make_train_step(jit=False) takes no shardings")
+        return train_step
     if shardings is None:
         return jax.jit(train_step, donate_argnums=(0,))
     mesh = shardings["batch"].mesh
@@ -178,8 +184,9 @@ def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientT
                    out_shardings=(shardings["state"], everywhere), donate_argnums=(0,))
 
 
-def make_eval_step(model: nn.Module, delta_mod: ModuleType, kind: str, shardings: dict | None = None) -> Callable:
-    """jit(eval)(train, fixed, base, batch) -> {'pred', 'loss_sum', 'weight'}.
+def make_eval_step(model: nn.Module, delta_mod: ModuleType, kind: str, shardings: dict | None = None,
+                   jit: bool = True) -> Callable:
+    """jit(eval)(train, fixed, base, batch) -> {'pred', 'loss_sum', 'weight'} (`jit=False`: the plain function).
 
     `shardings` as for `make_train_step`; the outputs are then replicated (every host reads all rows)."""
 
@@ -192,6 +199,8 @@ def make_eval_step(model: nn.Module, delta_mod: ModuleType, kind: str, shardings
         _, aux = losses.compute(kind, logits, batch)
         return {"pred": losses.predictions(kind, logits), **aux}
 
+    if not jit:
+        return eval_step
     if shardings is None:
         return jax.jit(eval_step)
     s = shardings["state"]
