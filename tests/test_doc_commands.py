@@ -3,7 +3,7 @@
 Each command is taken from the page as written and then shortened, never replaced: a config gets its
 `:runlocal` variant (a few steps on a small subset), the model becomes the tiny random BERT, and workdirs and
 output files move to a temporary directory (and `--config.delta.k`, layers removed, becomes 1: the tiny model
-has 2). Commands of one block run in order (train, then info / eval /
+has 2; a sweep's `--seeds N` becomes 2). Commands of one block run in order (train, then info / eval /
 export / plot on that workdir). Two are run differently: `bash scripts/test.sh` is this suite itself (not run
 from inside itself), and `bash scripts/quickstart.sh` runs as is with extra overrides capping it at 4 steps
 (it passes them on to `train.py`). A command this test does not know how to shorten fails the test, so a new
@@ -58,12 +58,14 @@ def shorten(cmd: str, tmp: str, tiny: str) -> list[str]:
             continue
         if a.startswith("--config.delta.k="):  # layers removed: the tiny model has only 2
             a = "--config.delta.k=1"
+        elif i and argv[i - 1] == "--seeds":  # a seed sweep: two seeds show the program works
+            a = "2"
         elif re.match(r"^(runs/|/tmp/|hf_|curves\.png)", a) or (i and argv[i - 1] == "--out"):
             a = os.path.join(tmp, a.lstrip("/"))
         out.append(a)
     if out[0].startswith(".venv/bin/"):
         out[0] = os.path.join(REPO, out[0])
-    if "train" in out or any(x.endswith("scripts/train.py") for x in out):
+    if "train" in out or "sweep" in out or any(x.endswith("scripts/train.py") for x in out):
         out += [f"--config.model.name={tiny}", "--config.task.max_length=32", "--config.train.progress=false"]
     return out
 

@@ -138,3 +138,32 @@ def test_sweep_resumes_exactly_after_sigkill_and_cli(tmp_path, tiny_bert_dir):
     assert p.returncode == 0 and "sweep resumed" in p.stderr, p.stderr[-2000:]
     a, b = _train_losses(tmp_path / "straight"), _train_losses(tmp_path / "killed")
     assert a == b
+
+
+def test_stability_report_counts_failed_runs_and_writes_plots(tmp_path):
+    """scripts/stability.py on two hand-made sweep.json files: table values against numpy, failed runs at or
+    below the majority score, the replayed early stopping, and the PNGs."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stability_script", os.path.join(REPO, "scripts", "stability.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    scores = {"vanilla": [0.0, 0.31, 0.28, 0.0, 0.35], "mosbach": [0.30, 0.33, 0.29, 0.32, 0.31]}
+    dirs = []
+    for recipe, best in scores.items():
+        wd = tmp_path / f"cola-{recipe}"
+        wd.mkdir()
+        per = {str(i): {"best_score": b, "final_score": b, "steps_run": 10, "curve": [[5, b / 2], [10, b]]}
+               for i, b in enumerate(best)}
+        json.dump({"task": "cola", "main_metric": "matthews_corr", "best_scores": best, "per_seed": per,
+                   "majority_score": 0.0, "expected_max": sweep.expected_max(best).tolist(), "total_steps": 10,
+                   "train_seconds": 1.0, "train_examples_per_second": 2.0, "mode": "vmap"}, open(wd / "sweep.json", "w"))
+        dirs.append(str(wd))
+    assert mod.main([*dirs, "--out", str(tmp_path / "out")]) == 0
+    rows = {r["recipe"]: r for r in json.load(open(tmp_path / "out" / "stability.json"))["rows"]}
+    assert rows["vanilla"]["failed"] == 2 and rows["mosbach"]["failed"] == 0
+    assert rows["vanilla"]["std"] == pytest.approx(np.std(scores["vanilla"]))
+    assert rows["mosbach"]["min"] == 0.29 and rows["vanilla"]["max"] == 0.35
+    for png in ("stability.png", "evp.png"):
+        assert (tmp_path / "out" / png).stat().st_size > 10_000
+    assert "| cola | vanilla | matthews_corr | 5 |" in open(tmp_path / "out" / "stability.md").read()
