@@ -137,14 +137,15 @@ def test_nonfinite_skip_leaves_ema_unchanged():
     tx, _ = optim.build({"lr": 1e30, "warmup_steps": 0, "schedule": "constant", "grad_clip": 0.0}, train, 10)
     step = step_lib.make_train_step(model, mod, tx, "classification", on_nonfinite="skip", ema_decay=0.5)
     state = _state(tx, train, fixed)
-    for n in range(3):
+    skipped = 0
+    for n in range(4):
+        before = _host(state["ema"])
         state, m = step(state, params, _batch(n))
-    before = _host(state["ema"])
-    state, m = step(state, params, _batch(7))
-    if not bool(m["finite"]):
-        for p, x in tree.flatten(_host(state["ema"])).items():
-            np.testing.assert_array_equal(x, tree.flatten(before)[p], err_msg=p)
-    assert all(np.isfinite(x).all() for x in tree.flatten(_host(state["ema"])).values())
+        if not bool(m["finite"]):
+            skipped += 1
+            for p, x in tree.flatten(_host(state["ema"])).items():
+                np.testing.assert_array_equal(x, tree.flatten(before)[p], err_msg=p)
+    assert skipped, "lr=1e30 should make some step non-finite"
 
 
 def test_config_errors_name_the_key():
