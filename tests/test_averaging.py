@@ -364,6 +364,11 @@ def test_end_to_end_results_last_k_ensemble_and_ema_export(tmp_path, tiny_bert_d
     got = json.loads(out.getvalue().strip().splitlines()[-1])
     assert got["accuracy"] == pytest.approx(avg["ema"]["ema_metrics"]["accuracy"], abs=1e-6)
     assert got["loss"] == pytest.approx(avg["ema"]["ema_metrics"]["loss"], abs=1e-5)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):                               # ... and the last-k average's δ
+        assert cli.main(["eval", "--workdir", str(tmp_path), "--delta", "delta_last_k"]) == 0
+    got = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert got["accuracy"] == pytest.approx(avg["last_k"]["metrics"]["accuracy"], abs=1e-6)
     assert r["metrics"] == on_disk["metrics"]
 
 
@@ -402,3 +407,29 @@ def test_kill_and_resume_with_averaging_is_exact(tmp_path, tiny_bert_dir):
     for kind in ("last_k", "cycles"):
         names = [sorted(os.listdir(tmp_path / run / "snapshots" / kind)) for run in ("straight", "killed")]
         assert names[0] == names[1], kind                               # the stale file and the temporary are gone
+
+
+@pytest.mark.slow
+def test_averaging_on_a_two_device_mesh_matches_one_device(tmp_path, tiny_bert_dir):
+    """EMA (laid out as δ), last-k and the snapshot ensemble on 2 fake CPU devices with δ sharded over fsdp:
+    the same numbers as on one device, up to the reduction order of a sharded computation."""
+    from test_parallel import _logged, _train
+
+    extra = ["--config.optim.lr=2e-3", "--config.train.ema_decay=0.8", "--config.train.ema_eval=ema",
+             "--config.train.average_last_k=2", "--config.train.eval_every=3", "--config.optim.schedule=cyclic_cosine",
+             "--config.optim.cycles=3", "--config.optim.warmup_ratio=0"]
+    runs = {}
+    for devices, mesh in ((1, []), (2, ["--config.parallel.data=1", "--config.parallel.fsdp=2"])):
+        p = _train(tmp_path / str(devices), tiny_bert_dir, devices, *extra, *mesh)
+        assert p.returncode == 0, p.stderr[-3000:]
+        runs[devices] = json.load(open(tmp_path / str(devices) / "results.json"))["averaging"]
+    a, b = runs[1], runs[2]
+    assert [m["kind"] for m in _logged(tmp_path / "1")] == [m["kind"] for m in _logged(tmp_path / "2")]
+    assert a["last_k"]["steps"] == b["last_k"]["steps"] == [3, 6]
+    assert a["snapshot_ensemble"]["steps"] == b["snapshot_ensemble"]["steps"] == [2, 4, 6]
+    pairs = [(a["ema"]["ema_metrics"], b["ema"]["ema_metrics"]), (a["last_k"]["metrics"], b["last_k"]["metrics"]),
+             (a["snapshot_ensemble"]["metrics"], b["snapshot_ensemble"]["metrics"]),
+             *zip(a["snapshot_ensemble"]["snapshot_metrics"], b["snapshot_ensemble"]["snapshot_metrics"])]
+    for x, y in pairs:
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-4)
+        assert abs(x["accuracy"] - y["accuracy"]) <= 2 / 872            # a near-tie may flip a prediction or two

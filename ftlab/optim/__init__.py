@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.01,
     "no_decay": r".*(?:/bias|LayerNorm/scale|norm[^/]*/scale|ln_[^/]*/scale)",
     "schedule": "linear",
-    "cycles": 1,
+    "cycles": 1,  # M for schedule="cyclic_cosine" (snapshot ensembles); must stay 1 for other schedules
     "warmup_ratio": 0.06,
     "warmup_steps": -1,
     "grad_clip": 1.0,
