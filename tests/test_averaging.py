@@ -433,3 +433,12 @@ def test_averaging_on_a_two_device_mesh_matches_one_device(tmp_path, tiny_bert_d
     for x, y in pairs:
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-4)
         assert abs(x["accuracy"] - y["accuracy"]) <= 2 / 872            # a near-tie may flip a prediction or two
+
+
+def test_vmapped_seed_sweep_refuses_weight_averaging(tmp_path):
+    from ftlab.train import loop, sweep
+
+    cfg = config_lib.apply_overrides(loop.default_config(), ["train.ema_decay=0.9", "sweep.seeds=(1, 2)"])
+    with pytest.raises(config_lib.ConfigError, match=r"sweep.mode=vmap does no weight averaging \(train.ema_decay"):
+        sweep.train_seeds(cfg, str(tmp_path))
+    assert averaging.active_keys(loop.default_config()) == []

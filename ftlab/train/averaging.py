@@ -94,6 +94,15 @@ def snapshot_ensemble_on(optim_cfg: Mapping[str, Any]) -> bool:
     return optim_cfg.get("schedule") == "cyclic_cosine"
 
 
+def active_keys(cfg: Mapping[str, Any]) -> list[str]:
+    """The averaging settings a config turns on, as 'key=value' (for loops that do not support them)."""
+    tc, oc = cfg.get("train", {}), cfg.get("optim", {})
+    out = [f"train.{k}={tc[k]!r}" for k in ("ema_decay", "average_last_k") if tc.get(k)]
+    if snapshot_ensemble_on(oc):
+        out.append("optim.schedule='cyclic_cosine' (snapshot ensembles)")
+    return out
+
+
 # --------------------------------------------------------------------------------------------------- EMA
 def init_ema(train: Any) -> Any:
     """ema_0 = δ_0, as distinct buffers (the state is donated: an array may appear in it only once)."""
