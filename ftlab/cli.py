@@ -4,8 +4,9 @@
     ftlab sweep  --config configs/<exp>.py[:variant] --workdir DIR --seeds 10|13,21,42 [--mode vmap|sequential]
                  [--stop-fraction F --keep K] [--config.key=value ...]   # N seeds in one program (ftlab.train.sweep)
     ftlab eval   --workdir DIR [--split dev]              # re-evaluate the exported δ of a finished run
+                 [--delta delta_last_k]                   #   or another δ folder of it (e.g. the last-k average)
     ftlab info   --workdir DIR | --config FILE[:variant]  # trainable parameters by path group, δ bytes, base hash
-    ftlab export --workdir DIR --out FOLDER               # merge δ into θ₀, write a Hugging Face folder
+    ftlab export --workdir DIR --out FOLDER [--delta D]   # merge δ into θ₀, write a Hugging Face folder
     ftlab plot   --workdir DIR [DIR ...] --out FILE.png   # learning curves (train loss, dev score)
                  [--kind curves|compare|seeds|early-exit]  # + dev-score bars, seed variance (--group-by),
                                                           #   early-exit curves (--json from scripts/early_exit.py)
@@ -24,8 +25,9 @@ from typing import Any
 from ftlab import config as config_lib
 
 
-def _load_run(workdir: str) -> tuple[config_lib.Config, dict[str, Any], Any, Any]:
-    """(config, prepared model/task/base, delta module, δ) of a finished run's exported delta."""
+def _load_run(workdir: str, delta_dir: str = "delta") -> tuple[config_lib.Config, dict[str, Any], Any, Any]:
+    """(config, prepared model/task/base, delta module, δ) of a finished run's exported delta (or of the δ
+    folder `delta_dir` inside the workdir, e.g. 'delta_last_k' or 'best_delta')."""
     from ftlab import deltas
     from ftlab.checkpoint import delta_io
     from ftlab.train.loop import prepare
@@ -36,7 +38,7 @@ def _load_run(workdir: str) -> tuple[config_lib.Config, dict[str, Any], Any, Any
     with open(path) as f:
         cfg = config_lib.Config(json.load(f))
     prep = prepare(cfg)
-    method, _, delta = delta_io.load(os.path.join(workdir, "delta"), prep["params"], prep["base"].hash)
+    method, _, delta = delta_io.load(os.path.join(workdir, delta_dir), prep["params"], prep["base"].hash)
     return cfg, prep, deltas.get(method), delta
 
 
@@ -105,11 +107,13 @@ def cmd_eval(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="ftlab eval")
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--split", default=None, help="default: the run's eval split")
+    ap.add_argument("--delta", default="delta", help="δ folder inside the workdir: delta (the exported δ), "
+                    "best_delta, delta_last_k (train.average_last_k)")
     args = ap.parse_args(argv)
     from ftlab import tree
     from ftlab.train import loop, step
 
-    cfg, prep, delta_mod, delta = _load_run(args.workdir)
+    cfg, prep, delta_mod, delta = _load_run(args.workdir, args.delta)
     split = args.split or cfg.task.eval_split
     _, enc = loop._load_split(cfg, prep["task"], prep["base"].tokenizer, split)
     train, fixed = tree.split(delta, delta_mod.trainable(delta))
@@ -164,12 +168,13 @@ def cmd_export(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="ftlab export")
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--out", required=True, help="folder for config.json + model.safetensors (+ tokenizer)")
+    ap.add_argument("--delta", default="delta", help="δ folder inside the workdir (as for `ftlab eval`)")
     args = ap.parse_args(argv)
     import jax
 
     from ftlab.checkpoint import export_hf
 
-    cfg, prep, delta_mod, delta = _load_run(args.workdir)
+    cfg, prep, delta_mod, delta = _load_run(args.workdir, args.delta)
     variables = delta_mod.apply(prep["params"], delta)
     if set(variables) != {"params"}:
         raise SystemExit(f"error: method {cfg.delta.method} adds modules at run time; merge it first "

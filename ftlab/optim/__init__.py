@@ -13,7 +13,10 @@ Config keys (`config.optim`):
                   fine-tuning; the original BERT code had it off)
   weight_decay    decoupled weight decay (AdamW)
   no_decay        regex of paths without weight decay (biases and norms by default)
-  schedule        'linear' | 'cosine' | 'constant' (after warmup)
+  schedule        'linear' | 'cosine' | 'constant' (after warmup) | 'cyclic_cosine' (no warmup): the
+                  snapshot-ensemble schedule of Huang et al. 2017, α(t) = α0/2·(cos(π·mod(t−1, ⌈T/M⌉)/⌈T/M⌉)+1)
+                  for update t = 1..T; the loop then snapshots δ at each cycle's end (ftlab.train.averaging)
+  cycles          M, the number of cycles of 'cyclic_cosine' (1 for every other schedule)
   warmup_ratio    fraction of total steps for linear warmup (used when warmup_steps < 0)
   warmup_steps    explicit warmup steps (>= 0 overrides warmup_ratio)
   grad_clip       global-norm clipping (0 = off)
@@ -44,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay": 0.01,
     "no_decay": r".*(?:/bias|LayerNorm/scale|norm[^/]*/scale|ln_[^/]*/scale)",
     "schedule": "linear",
+    "cycles": 1,  # M for schedule="cyclic_cosine" (snapshot ensembles); must stay 1 for other schedules
     "warmup_ratio": 0.06,
     "warmup_steps": -1,
     "grad_clip": 1.0,
@@ -81,18 +85,58 @@ def scale_by_adam(b1: float, b2: float, eps: float, bias_correction: bool = True
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def cyclic_cosine_schedule(peak: float, total_steps: int, cycles: int) -> optax.Schedule:
+    """Huang et al. 2017 (Snapshot Ensembles, eq. 2): α(t) = α0/2·(cos(π·mod(t−1, ⌈T/M⌉)/⌈T/M⌉) + 1).
+
+    optax calls a schedule with the number of updates done so far, `count` = t − 1 (0 for the first
+    update), so the value is α0/2·(cos(π·mod(count, C)/C) + 1) with C = ⌈T/M⌉: α0 at each cycle's first
+    update, falling to α0/2·(cos(π(C−1)/C)+1) ≈ 0 at its last; the cycle ends after updates C, 2C, ..., T."""
+    length = cycle_length(total_steps, cycles)
+
+    def fn(count):
+        phase = jnp.mod(jnp.asarray(count, jnp.int32), length).astype(jnp.float32) / length
+        return peak / 2.0 * (jnp.cos(jnp.pi * phase) + 1.0)
+
+    return fn
+
+
+def cycle_length(total_steps: int, cycles: int) -> int:
+    """⌈T/M⌉, checked: M must be a whole number of cycles that ⌈T/M⌉-step cycles really make out of T steps."""
+    if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 1:
+        raise ValueError(f"optim.cycles={cycles!r} must be an integer >= 1")
+    if cycles > total_steps:
+        raise ValueError(f"optim.cycles={cycles} is more than the run's {total_steps} steps")
+    length = -(-total_steps // cycles)
+    made = -(-total_steps // length)
+    if made != cycles:
+        raise ValueError(f"optim.cycles={cycles} with {total_steps} steps: cycles of ⌈T/M⌉={length} steps make "
+                         f"only {made} cycles; choose optim.cycles so that ⌈T/⌈T/M⌉⌉ = M (e.g. a divisor of T)")
+    return length
+
+
 def schedule(cfg: Mapping[str, Any], total_steps: int, peak: float) -> optax.Schedule:
     warmup = int(cfg["warmup_steps"]) if cfg["warmup_steps"] >= 0 else int(round(cfg["warmup_ratio"] * total_steps))
     warmup = min(warmup, total_steps)
     decay_steps = max(total_steps - warmup, 1)
+    cycles = cfg.get("cycles", 1)
+    if cfg["schedule"] != "cyclic_cosine" and cycles != 1:
+        raise ValueError(f"optim.cycles={cycles} needs optim.schedule='cyclic_cosine' "
+                         f"(optim.schedule is {cfg['schedule']!r})")
     if cfg["schedule"] == "linear":
         after = optax.linear_schedule(peak, 0.0, decay_steps)
     elif cfg["schedule"] == "cosine":
         after = optax.cosine_decay_schedule(peak, decay_steps)
     elif cfg["schedule"] == "constant":
         after = optax.constant_schedule(peak)
+    elif cfg["schedule"] == "cyclic_cosine":
+        if warmup:  # the paper's schedule restarts at α0 without warmup; a warmup would shift every cycle
+            raise ValueError(f"optim.schedule='cyclic_cosine' has no warmup (Huang et al. 2017), but optim.warmup_"
+                             f"steps/warmup_ratio give {warmup} warmup steps; set optim.warmup_ratio=0 "
+                             "(and optim.warmup_steps=-1 or 0)")
+        return cyclic_cosine_schedule(peak, total_steps, cycles)
     else:
-        raise ValueError(f"optim.schedule: unknown schedule {cfg['schedule']!r} (linear, cosine, constant)")
+        raise ValueError(f"optim.schedule: unknown schedule {cfg['schedule']!r} (linear, cosine, constant, "
+                         "cyclic_cosine)")
     if warmup == 0:
         return after
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])

@@ -4,7 +4,8 @@ Sections: 1 workdir and config  2 base model, task head, delta  3 data  4 optimi
 5 resume  6 the loop (train, log, eval, early stop, checkpoint)  7 results.
 
 The workdir ends up holding: config.json (resolved), metrics.jsonl (one JSON object per logged step or
-eval), tb/ (TensorBoard events), checkpoints/ (Orbax, atomic), delta/ (the exported δ), results.json.
+eval), tb/ (TensorBoard events), checkpoints/ (Orbax, atomic), delta/ (the exported δ), results.json;
+with weight averaging (ftlab.train.averaging) also snapshots/ and delta_last_k/.
 
 Several devices (`config.parallel`, see ftlab.parallel): θ₀, δ and the optimizer state are laid out on a
 (data, fsdp, tensor) mesh and each batch is split over data × fsdp; with one device the loop runs exactly
@@ -34,6 +35,7 @@ from ftlab import config as config_lib
 from ftlab import deltas, parallel, tree
 from ftlab.checkpoint import delta_io
 from ftlab.checkpoint import train_state as ckpt
+from ftlab.train import averaging
 from ftlab.train import step as step_lib
 
 # Keys that may differ between an interrupted run and its resumption without changing the trajectory.
@@ -87,6 +89,11 @@ def default_config() -> config_lib.Config:
             export_delta="best",    # best | final | none
             progress=True,
             crash_after_checkpoint=0,  # testing crash safety: SIGKILL this process right after that step's checkpoint
+            # Weight averaging (ftlab.train.averaging; snapshot ensembles: optim.schedule=cyclic_cosine):
+            ema_decay=0.0,          # EMA of δ: ema ← d·ema + (1−d)·δ after every update; 0 = off, 0.999 typical
+            ema_warmup=False,       # decay min(d, (1+n)/(10+n)) at step n (TF's num_updates warmup)
+            ema_eval="raw",         # raw | ema: the weights selected as best, early-stopped on and exported
+            average_last_k=0,       # >0: at the end, evaluate (and save) the mean δ of the last k eval snapshots
         ),
         # Early exit (ftlab.exits): routine none | weighted (PABEE) | two_stage (DeeBERT) | alternating
         # (BERxiT); anything but none gives the model an exit after every layer.
@@ -297,6 +304,8 @@ def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_
 
     delta_mod, delta, train_params, fixed_params = d["delta_mod"], d["delta"], d["train"], d["fixed"]
     rng = jax.random.key(cfg.seed)
+    averaging.check_config(cfg.train)
+    ema_decay, ema_warmup = cfg.train.get("ema_decay", 0.0), cfg.train.get("ema_warmup", False)
     n_layers = num_layers(delta_mod.apply(params, delta)["params"])
     tx, lr_schedule = optim.build(dict(cfg.optim), train_params, total_steps, n_layers)
     loss = None  # the task's own loss
@@ -312,16 +321,20 @@ def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_
         "opt_state": tx.init(train_params),
         "rng": jax.random.key_data(jax.random.fold_in(rng, 3)),  # raw uint32 key data: Orbax saves it
     }
+    if ema_decay:  # the EMA of δ's trainable leaves rides in the donated state (so Orbax checkpoints it)
+        state["ema"] = averaging.init_ema(train_params)
     if cfg.train.grad_accum < 1 or cfg.train.batch_size % cfg.train.grad_accum:
         raise config_lib.ConfigError(
             f"train.grad_accum={cfg.train.grad_accum} must be >= 1 and divide train.batch_size={cfg.train.batch_size}")
     sh = None
     if mesh is not None and mesh.size > 1:
         sh = parallel.train_shardings(mesh, state, params, cfg.parallel.rules)
+        if "ema" in state:  # laid out as the leaves it averages
+            sh["state"]["ema"] = sh["state"]["train"]
         state = parallel.shard(state, sh["state"])
     train_step = step_lib.make_train_step(d["model"], delta_mod, tx, kind, cfg.train.on_nonfinite, shardings=sh,
                                           accum_steps=cfg.train.grad_accum, total_steps=total_steps,
-                                          loss=loss, jit=jit)
+                                          loss=loss, ema_decay=ema_decay, ema_warmup=ema_warmup, jit=jit)
     eval_step = step_lib.make_eval_step(d["model"], delta_mod, kind, shardings=sh, jit=jit)
     return {"state": state, "train_step": train_step, "eval_step": eval_step, "lr_schedule": lr_schedule,
             "shardings": sh}
@@ -392,6 +405,13 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
         state, meta = ckpt.restore(mngr, resume_step, state)
         print(f"[ftlab] resumed from {workdir}/checkpoints/{resume_step}", file=sys.stderr)
     start_step = int(state["step"])
+    ema_eval = tc.get("ema_eval", "raw")  # the weights that are selected, early-stopped on and exported
+    avg_k = tc.get("average_last_k", 0)
+    cycle_ends = (set(averaging.cycle_end_steps(total_steps, cfg.optim.cycles))
+                  if averaging.snapshot_ensemble_on(cfg.optim) else set())
+    if jax.process_index() == 0:  # snapshots after the resumed checkpoint are redone (identically)
+        for kind in ("last_k", "cycles"):
+            averaging.discard_snapshots(averaging.snapshot_dir(workdir, kind), resume_step)
     best_delta = None
     if meta.get("best_step") is not None and os.path.isdir(os.path.join(workdir, "best_delta")):
         _, _, best_delta = delta_io.load(os.path.join(workdir, "best_delta"), params, base.hash)
@@ -410,6 +430,7 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
     window_rates: list[float] = []  # steps/s per log window (the host syncs at each log step)
     t_window = time.perf_counter()
     last_eval: dict | None = None
+    evals: dict[str, dict] = {}  # the latest eval of δ ('raw') and of its EMA ('ema')
     window: list = []
     epoch = step // steps_per_epoch
     while step < total_steps and not stopped_early:
@@ -424,6 +445,9 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
             state, m = train_step(state, base_params, feed(batch))
             window.append(m)
             step += 1
+            if step in cycle_ends and jax.process_index() == 0:  # snapshot ensemble member (cycle's end)
+                averaging.save_snapshot(averaging.snapshot_dir(workdir, "cycles"), step,
+                                        parallel.to_host(state["train"]))
             if step % tc.log_every == 0 or step == total_steps:
                 host = jax.device_get(window)  # waits for the window's steps: dispatch is asynchronous
                 window = []
@@ -441,13 +465,26 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
             progress.update(1)
 
             if step % eval_every == 0 or step == total_steps:
-                last_eval = evaluate(eval_step, state, base_params, task, eval_enc, tc.eval_batch_size, pad_id,
-                                     tc.pad_to_multiple_of, mesh if sh is not None else None)
-                logger.log(step, "eval", last_eval)
+                evals = {"raw": evaluate(eval_step, state, base_params, task, eval_enc, tc.eval_batch_size, pad_id,
+                                         tc.pad_to_multiple_of, mesh if sh is not None else None)}
+                logger.log(step, "eval", evals["raw"])
+                if "ema" in state:  # the EMA of δ, evaluated and logged beside it
+                    evals["ema"] = evaluate(eval_step, averaging.eval_state(state, "ema"), base_params, task,
+                                            eval_enc, tc.eval_batch_size, pad_id, tc.pad_to_multiple_of,
+                                            mesh if sh is not None else None)
+                    logger.log(step, "eval_ema", evals["ema"])
+                    for w in evals:
+                        meta[f"{w}_best"] = averaging.update_best(meta.get(f"{w}_best"), step, evals[w],
+                                                                  task.main_metric)
+                if avg_k and jax.process_index() == 0:
+                    averaging.save_snapshot(averaging.snapshot_dir(workdir, "last_k"), step,
+                                            parallel.to_host(state["train"]), keep=avg_k)
+                last_eval = evals[ema_eval]
                 score = last_eval[task.main_metric]
                 if meta["best_score"] is None or score > meta["best_score"]:
                     meta.update(best_score=score, best_step=step, bad_evals=0, best_metrics=last_eval)
-                    best_delta = parallel.to_host(tree.merge(state["train"], state["fixed"]))  # all processes
+                    best_delta = parallel.to_host(tree.merge(averaging.eval_state(state, ema_eval)["train"],
+                                                             state["fixed"]))  # all processes
                     if tc.export_delta == "best" and jax.process_index() == 0:
                         delta_io.save(os.path.join(workdir, "best_delta"), method, delta_cfg, best_delta,
                                       base.source, base.hash, {"step": step})
@@ -475,7 +512,8 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
     logger.close()
 
     # 7. Results --------------------------------------------------------------------------------------------
-    final_delta = parallel.to_host(tree.merge(state["train"], state["fixed"]))  # gathered on every process
+    final_delta = parallel.to_host(tree.merge(averaging.eval_state(state, ema_eval)["train"],
+                                              state["fixed"]))  # gathered on every process
     export = best_delta if (tc.export_delta == "best" and best_delta is not None) else final_delta
     delta_meta = {}
     if tc.export_delta != "none" and jax.process_index() == 0:
@@ -509,6 +547,9 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
         "jax_version": jax.__version__,
         "device": jax.devices()[0].device_kind,
     }
+    if "ema" in state or avg_k or cycle_ends:
+        results["averaging"] = _averaging_results(cfg, workdir, state, meta, evals, d, task, sh, base_params,
+                                                  eval_enc, pad_id, eval_step, mesh, base)
     if hasattr(delta_mod, "stats"):  # a method's own summary of the exported δ (e.g. pruning's density)
         results["delta_stats"] = delta_mod.stats(params, export)
     if jax.process_index() == 0:
@@ -516,6 +557,41 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
             json.dump(results, f, indent=2, default=float)
         os.replace(os.path.join(workdir, "results.json.tmp"), os.path.join(workdir, "results.json"))
     return results
+
+
+def _averaging_results(cfg, workdir, state, meta, evals, d, task, sh, base_params, eval_enc, pad_id, eval_step,
+                       mesh, base) -> dict[str, Any]:
+    """results.json's 'averaging': the EMA's and δ's best/final evals, the last-k average's metrics (and
+    its δ in delta_last_k/), the snapshot ensemble's and its members' metrics (ftlab.train.averaging)."""
+    tc = cfg.train
+    ev = lambda step_fn, train: evaluate(step_fn, {"train": train, "fixed": state["fixed"]},  # noqa: E731
+                                         base_params, task, eval_enc, tc.eval_batch_size, pad_id,
+                                         tc.pad_to_multiple_of, mesh if sh is not None else None)
+    # snapshots go to the devices once (laid out as δ's trainable leaves), not once per eval batch
+    put = lambda t: jax.device_put(t, sh["state"]["train"]) if sh is not None else jax.device_put(t)  # noqa: E731
+    out: dict[str, Any] = {}
+    if "ema" in state:
+        out["ema"] = {"decay": tc.ema_decay, "warmup": tc.ema_warmup, "selected": tc.ema_eval,
+                      "raw_metrics": evals.get("raw"), "ema_metrics": evals.get("ema"),
+                      "raw_best": meta.get("raw_best"), "ema_best": meta.get("ema_best")}
+    if tc.get("average_last_k", 0):
+        snaps = averaging.list_snapshots(averaging.snapshot_dir(workdir, "last_k"))[-tc.average_last_k:]
+        mean = averaging.mean_tree([averaging.load_snapshot(p) for _, p in snaps])
+        out["last_k"] = {"k": tc.average_last_k, "steps": [s for s, _ in snaps],
+                         "metrics": ev(eval_step, put(mean))}
+        if jax.process_index() == 0:
+            delta_io.save(os.path.join(workdir, "delta_last_k"), d["method"], d["delta_cfg"],
+                          tree.merge(mean, parallel.to_host(state["fixed"])), base.source, base.hash,
+                          {"steps": out["last_k"]["steps"], "task": task.name, "averaged": "last_k"})
+    if averaging.snapshot_ensemble_on(cfg.optim):
+        snaps = averaging.list_snapshots(averaging.snapshot_dir(workdir, "cycles"))
+        members = [put(averaging.load_snapshot(p)) for _, p in snaps]
+        score_step = step_lib.make_eval_step(d["model"], d["delta_mod"], task.kind, shardings=sh, scores=True)
+        out["snapshot_ensemble"] = {
+            "cycles": cfg.optim.cycles, "steps": [s for s, _ in snaps],
+            "snapshot_metrics": [ev(eval_step, m) for m in members],
+            "metrics": ev(averaging.make_ensemble_eval_step(score_step, members, task.kind), None)}
+    return out
 
 
 def _check_batch_sizes(tc: config_lib.Config, mesh) -> None:

@@ -6,6 +6,8 @@ State (a dict, donated to the step so its buffers are reused in place):
   fixed     non-trainable leaves of δ (e.g. a fixed sparse mask, a Fastfood seed)
   opt_state optax state over `train`
   rng       base PRNG key; the step's key is fold_in(rng, step), so a resumed run draws the same numbers
+  ema       (only with train.ema_decay > 0) the exponential moving average of `train`, same structure
+            (ftlab.train.averaging)
 θ₀ (`base`) is a separate, never-donated argument: it is read, never written, and never differentiated,
 so frozen weights cost no weight-gradient compute.
 """
@@ -24,7 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from ftlab import tree
 from ftlab.models.layers import rows_sharded_over
-from ftlab.train import losses
+from ftlab.train import averaging, losses
 
 
 def model_inputs(batch: dict) -> dict:
@@ -132,7 +134,8 @@ def accumulated_value_and_grad(loss_fn: Callable, accum_steps: int, penalty: Cal
 
 def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientTransformation, kind: str,
                     on_nonfinite: str = "stop", shardings: dict | None = None, accum_steps: int = 1,
-                    total_steps: int | None = None, loss: Callable | None = None, jit: bool = True) -> Callable:
+                    total_steps: int | None = None, loss: Callable | None = None, ema_decay: float = 0.0,
+                    ema_warmup: bool = False, jit: bool = True) -> Callable:
     """jit(step)(state, base, batch) -> (state, metrics); `state` is donated.
 
     `jit=False` returns the plain function (for `jax.vmap` over seeds, ftlab.train.sweep; no shardings).
@@ -144,7 +147,10 @@ def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientT
     output layouts: the new state comes back laid out as the old one (so step two reuses the compilation and
     donation reuses the buffers) and the metrics replicated (readable on every host).
 
-    `total_steps` reaches SCHEDULED deltas (pruning's sparsity schedule); `loss` as for `make_loss_fn`."""
+    `total_steps` reaches SCHEDULED deltas (pruning's sparsity schedule); `loss` as for `make_loss_fn`.
+
+    `ema_decay` > 0: the step also updates `state['ema']` (`averaging.ema_update`, with `ema_warmup`); a
+    skipped non-finite step leaves it unchanged (array ops only: the plain function stays vmappable)."""
     loss_fn = make_loss_fn(model, delta_mod, kind, total_steps, loss)
     if accum_steps == 1:
         value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
@@ -162,6 +168,11 @@ def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientT
             keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
             new_train, opt_state = keep(new_train, state["train"]), keep(opt_state, state["opt_state"])
         new_state = {**state, "step": state["step"] + 1, "train": new_train, "opt_state": opt_state}
+        if ema_decay:  # weight averaging (ftlab.train.averaging): array ops only, so the step stays vmappable
+            ema = averaging.ema_update(state["ema"], new_train, state["step"], ema_decay, ema_warmup)
+            if on_nonfinite == "skip":
+                ema = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), ema, state["ema"])
+            new_state["ema"] = ema
         metrics = {"loss": loss, "grad_norm": gnorm, "finite": finite}
         if "penalty" in aux:
             metrics["penalty"] = aux["penalty"]
@@ -185,10 +196,12 @@ def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientT
 
 
 def make_eval_step(model: nn.Module, delta_mod: ModuleType, kind: str, shardings: dict | None = None,
-                   jit: bool = True) -> Callable:
+                   jit: bool = True, scores: bool = False) -> Callable:
     """jit(eval)(train, fixed, base, batch) -> {'pred', 'loss_sum', 'weight'} (`jit=False`: the plain function).
 
-    `shardings` as for `make_train_step`; the outputs are then replicated (every host reads all rows)."""
+    `shardings` as for `make_train_step`; the outputs are then replicated (every host reads all rows).
+    `scores`: the outputs also hold 'scores', what a snapshot ensemble averages (`averaging.ensemble_outputs`):
+    class probabilities [B, C] (classification) / [B, T, C] (tagging), predicted values [B] (regression)."""
 
     def eval_step(train, fixed, base, batch):
         delta = tree.merge(train, fixed) if fixed else train
@@ -197,7 +210,10 @@ def make_eval_step(model: nn.Module, delta_mod: ModuleType, kind: str, shardings
         if isinstance(logits, dict):  # early exit: the metrics are the last exit's (the full model's)
             logits = logits["logits"][:, -1]
         _, aux = losses.compute(kind, logits, batch)
-        return {"pred": losses.predictions(kind, logits), **aux}
+        out = {"pred": losses.predictions(kind, logits), **aux}
+        if scores:
+            out["scores"] = averaging.scores(kind, logits)
+        return out
 
     if not jit:
         return eval_step

@@ -255,6 +255,12 @@ def _vmapped(cfg: config_lib.Config, workdir: str, seeds: list[int]) -> dict[str
     if mesh.size > 1:
         raise config_lib.ConfigError(f"sweep.mode=vmap runs on one device ({mesh.size} visible); use "
                                      "sweep.mode=sequential to put each seed on the mesh")
+    from ftlab.train import averaging
+
+    averaged = averaging.active_keys(cfg)
+    if averaged:  # the vmapped loop evaluates and exports the raw δ only
+        raise config_lib.ConfigError(f"sweep.mode=vmap does no weight averaging ({', '.join(averaged)}); use "
+                                     "sweep.mode=sequential (each seed an ordinary run)")
     loop._check_workdir(workdir)
     ignore = [k for k in loop.RESUME_IGNORED_KEYS if k not in ("sweep", "parallel")]  # seeds matter here
     fingerprint = config_lib.fingerprint(cfg, ignore=ignore)
