@@ -104,3 +104,21 @@ def test_layer_removal_trains_a_smaller_model(tmp_path, tiny_bert_dir):
     r = json.load(open(tmp_path / "results.json"))
     assert r["method"] == "remove" and r["trainable_params"] < r["total_params"]
     assert "accuracy" in r["metrics"]
+
+
+def test_config_saved_before_new_keys_existed_still_fingerprints_equal():
+    """A config.json written before a feature's keys existed (here: the sweep section and the EMA keys) fills
+    them with their defaults, so the run resumes instead of being refused as another config."""
+    from ftlab import config as config_lib
+    from ftlab.train import loop
+
+    cfg = config_lib.load(os.path.join(REPO, "configs", "mrpc_full.py"))
+    old = cfg.to_dict()
+    del old["sweep"], old["train"]["ema_decay"]
+    ignore = loop.RESUME_IGNORED_KEYS
+    assert config_lib.fingerprint(old, ignore=[k for k in ignore if k != "sweep"]) != config_lib.fingerprint(
+        cfg, ignore=[k for k in ignore if k != "sweep"])
+    filled = loop.with_defaults(old)
+    assert config_lib.fingerprint(filled, ignore=ignore) == config_lib.fingerprint(cfg, ignore=ignore)
+    old["train"]["lr_typo"] = 1  # a real difference still shows
+    assert config_lib.fingerprint(loop.with_defaults(old), ignore=ignore) != config_lib.fingerprint(cfg, ignore=ignore)

@@ -355,7 +355,7 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
     cfg_path = os.path.join(workdir, "config.json")
     if resume_step is not None and os.path.exists(cfg_path):
         with open(cfg_path) as f:
-            old = json.load(f)
+            old = with_defaults(json.load(f))
         if config_lib.fingerprint(old, ignore=RESUME_IGNORED_KEYS) != fingerprint:
             diff = _config_diff(old, cfg.to_dict())
             raise WorkdirError(
@@ -592,6 +592,21 @@ def _averaging_results(cfg, workdir, state, meta, evals, d, task, sh, base_param
             "snapshot_metrics": [ev(eval_step, m) for m in members],
             "metrics": ev(averaging.make_ensemble_eval_step(score_step, members, task.kind), None)}
     return out
+
+
+def with_defaults(old: dict) -> dict:
+    """A saved config.json with the keys ftlab gained since it was written set to their defaults (off), so a
+    run started before a new feature existed still resumes."""
+    def fill(node: dict, defaults: dict) -> dict:
+        out = dict(node)
+        for k, v in defaults.items():
+            if k not in out:
+                out[k] = v
+            elif isinstance(v, dict) and isinstance(out[k], dict) and k != "delta":
+                out[k] = fill(out[k], v)
+        return out
+
+    return fill(old, default_config().to_dict())
 
 
 def _check_batch_sizes(tc: config_lib.Config, mesh) -> None:

@@ -269,7 +269,7 @@ def _vmapped(cfg: config_lib.Config, workdir: str, seeds: list[int]) -> dict[str
     cfg_path = os.path.join(workdir, "config.json")
     if resume_step is not None and os.path.exists(cfg_path):
         with open(cfg_path) as f:
-            old = json.load(f)
+            old = loop.with_defaults(json.load(f))
         if config_lib.fingerprint(old, ignore=ignore) != fingerprint:
             raise loop.WorkdirError(f"{workdir} holds a checkpoint of a different sweep config; refusing to "
                                     f"resume. Differences: {loop._config_diff(old, cfg.to_dict())}")
