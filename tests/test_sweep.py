@@ -34,6 +34,7 @@ def test_stop_table_by_hand():
     assert rows[(0.5, 2)]["kept_seeds"] == [2, 3] and rows[(0.5, 2)]["best"] == 0.72
     assert rows[(0.5, 1)]["compute"] == pytest.approx((3 * 0.5 + 1 * 0.5) / 3)
     assert rows[(0.5, 1)]["best_all"] == 0.9
+    assert sweep.stop_table(curves, 20, fractions=(0.4,), keeps=(1,)) == []  # no eval by step 8: no ranking
 
 
 def test_majority_score():

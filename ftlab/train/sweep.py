@@ -89,6 +89,8 @@ def stop_table(curves: dict[Any, list[list[float]]], total_steps: int,
     rows = []
     for f in fractions:
         t = int(math.ceil(f * total_steps))
+        if all(score_at(c, t) == -math.inf for c in curves.values()):
+            continue  # no eval by then: nothing to rank the seeds by
         ranked = sorted(curves, key=lambda s: score_at(curves[s], t), reverse=True)
         for k in keeps:
             if k >= n:
