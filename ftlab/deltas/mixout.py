@@ -2,12 +2,13 @@
 probability p and the result rescaled so its expectation is the trained weight.
 
 Paper: Lee, Cho & Kang 2020, "Mixout: Effective Regularization to Finetune Large-scale Pretrained Language
-Models" (ICLR). Their §3 defines, for a target u (here θ₀'s value) and a trained w,
+Models" (ICLR). The paper's mixout(u, p), for a target u (here θ₀'s value) and a trained w, is (also what
+their reference `Mixout` autograd function computes)
 
     mixout(w; u, p) = (1 − p)⁻¹ · ( M ⊙ w + (1 − M) ⊙ u − p · u ),   M_i ~ Bernoulli(1 − p) i.i.d.,
 
 so E[mixout(w; u, p)] = ((1 − p)·w + p·u − p·u) / (1 − p) = w (the paper's unbiasedness; with u = 0 this is
-dropout on the weights). A replaced entry (M_i = 0) ends up exactly at u_i·(1 − p)/(1 − p) = u_i, a kept one at
+dropout on the weights). A replaced entry (M_i = 0) ends up at u_i·(1 − p)/(1 − p) = u_i (up to rounding), a kept one at
 (w_i − p·u_i)/(1 − p). Like their reference `MixLinear`, mixout acts on the weight matrices (Dense kernels),
 not on biases, with one mask per forward pass shared by every example of the batch.
 
