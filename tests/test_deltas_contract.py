@@ -63,6 +63,7 @@ METHODS = [
     ("said", "said", {"d": 40, "targets": LAYER1}, True, LAYER1 + "|" + HEAD),
     ("reinit", "reinit", {"k": 2}, False, ANY),
     ("reinit_only", "reinit", {"k": 1, "train_rest": False}, False, LAYER1 + "|" + POOLER + "|" + HEAD),
+    ("mixout", "mixout", {"p": 0.5}, True, ANY),  # eval apply = δ = θ₀ at init; training mixes the kernels
 ]
 
 

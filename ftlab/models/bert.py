@@ -11,6 +11,8 @@ Post-LN transformer. Attention lives in `BertSelfAttention`, the feed-forward bl
     every Dense                           lora_a/lora_b/lora_scale/lora_dropout, ia3_in/ia3_out (layers.Dense)
     embeddings/word_embeddings            lora_a/lora_b (layers.Embed)
     embeddings/prompt [P, D]              soft prompt prepended to the word embeddings (prompt tuning)
+    embeddings/input_noise [B, T, D]      added to the T tokens' word embeddings, before the prompt, positions,
+                                          token types and LayerNorm (ftlab.train.regularizers' perturbation)
     encoder/layer/{i}/attention/self/prefix_key, prefix_value [P, D]   prefix tuning's extra keys/values
     encoder/layer/{i}/{attention/output,output}/adapter           Houlsby: dense -> dropout -> adapters ->
                                                                    LayerNorm(. + residual)
@@ -40,6 +42,7 @@ from ftlab.models.layers import (
     constrain_rows,
     delta_leaf,
     dot_product_attention,
+    input_noise,
     padding_mask,
     remat_layer,
     with_prefix,
@@ -71,7 +74,7 @@ class BertEmbeddings(nn.Module):
         b, t = input_ids.shape
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        x = words(input_ids)
+        x = input_noise(self, words(input_ids))
         if self.has_variable("delta", "prompt"):
             prompt = self.get_variable("delta", "prompt").astype(dt)  # [P, D]
             p = prompt.shape[0]

@@ -5,7 +5,7 @@
 
 HF stores these Conv1D weights as [in, out] already, so they load without a transpose. Pre-LN blocks,
 learned positions, tied LM head. Attention lives in `GPT2Attention`, the feed-forward block in `GPT2MLP`.
-KV cache as in ftlab.models.llama. Module-delta sites as in ftlab.models.llama: `prompt` (backbone scope),
+KV cache as in ftlab.models.llama. Module-delta sites as in ftlab.models.llama: `prompt`, `input_noise` (backbone scope),
 h/{i}/attn/prefix_key, prefix_value, h/{i}/attn/adapter, h/{i}/mlp/adapter, and every Dense / Embed.
 """
 
@@ -29,6 +29,7 @@ from ftlab.models.layers import (
     compute_dtype,
     constrain_rows,
     dot_product_attention,
+    input_noise,
     remat_layer,
     with_prefix,
 )
@@ -159,7 +160,7 @@ class GPT2Model(nn.Module):
             )
         wte = Embed(c.vocab_size, c.n_embd, dt, _init(c), name="wte")
         x, attention_mask, position_ids, num_prompt = prompt_and_prefix(
-            self, wte(input_ids), attention_mask, position_ids, cache, "h/0/attn/prefix_key"
+            self, input_noise(self, wte(input_ids)), attention_mask, position_ids, cache, "h/0/attn/prefix_key"
         )
         t = x.shape[1]
         x = x + Embed(c.n_positions, c.n_embd, dt, _init(c), name="wpe")(position_ids)

@@ -9,7 +9,8 @@ here, in `Dense`, because every linear layer of every ftlab model is this `Dense
     y = x @ kernel + bias + lora_scale * ((x @ lora_a) @ lora_b)     # W + BA is never formed
 
 plus LoRA on `Embed`, and the helpers the model files use at their sites: `adapters` (bottleneck adapter
-stacks), `with_prefix` (prefix tuning's extra key/value slots), `delta_leaf` (a delta in a child's scope).
+stacks), `with_prefix` (prefix tuning's extra key/value slots), `delta_leaf` (a delta in a child's scope),
+`input_noise` (the regularisers' perturbation of the word embeddings, ftlab.train.regularizers).
 
 Shape letters: B batch, T query length, S key length, D model width, H query heads, K key/value heads,
 G = H // K query heads per key/value head, Dh head width, V vocabulary.
@@ -279,6 +280,17 @@ def delta_leaf(module: nn.Module, path: str) -> Array | None:
             return None
         node = node[part]
     return node
+
+
+def input_noise(module: nn.Module, x: Array) -> Array:
+    """x + delta `input_noise` (read in `module`'s scope) when present, else x unchanged (bit-identical).
+
+    x: [B, T, D] word embeddings of the T real tokens (before a soft prompt is prepended, position / token-type
+    embeddings are added and LayerNorm); input_noise: [B, T, D]. The site where R3F/R4F, SMART and FreeLB
+    (ftlab.train.regularizers) perturb the input."""
+    if not module.has_variable("delta", "input_noise"):
+        return x
+    return x + module.get_variable("delta", "input_noise").astype(x.dtype)
 
 
 def with_prefix(k: Array, v: Array, mask: Array | None, prefix_k: Array, prefix_v: Array):

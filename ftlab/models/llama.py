@@ -10,6 +10,8 @@ Attention lives in `LlamaAttention`, the feed-forward block in `LlamaMLP` (the d
 
     every Dense                           lora_*, ia3_in/ia3_out (layers.Dense); embed_tokens: lora_a/lora_b
     prompt [P, D]                         soft prompt prepended to the token embeddings (positions 0..P-1)
+    input_noise [B, T, D]                 added to the T tokens' embeddings before the prompt is prepended
+                                          (ftlab.train.regularizers' perturbation)
     layers/{i}/self_attn/prefix_key, prefix_value [P, K*Dh]   prefix tuning: P extra key/value slots before
                                           the real (or cached) ones, not rotated; real tokens' positions are
                                           shifted by P, as HF does when PEFT passes the prefix as past_key_values
@@ -42,6 +44,7 @@ from ftlab.models.layers import (
     constrain_rows,
     delta_leaf,
     dot_product_attention,
+    input_noise,
     padding_mask,
     remat_layer,
     rope_inv_freq,
@@ -194,7 +197,7 @@ class LlamaModel(nn.Module):
         embed = Embed(
             c.vocab_size, c.hidden_size, dt, nn.initializers.normal(c.initializer_range), name="embed_tokens"
         )
-        x = embed(input_ids)
+        x = input_noise(self, embed(input_ids))
         x, attention_mask, position_ids, num_prompt = prompt_and_prefix(
             self, x, attention_mask, position_ids, cache, "layers/0/self_attn/prefix_key"
         )

@@ -239,7 +239,7 @@ def train_shardings(mesh: Mesh, state: Mapping[str, Any], base_params: Mapping[s
                     rules: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
     """{'state', 'base', 'batch'}: NamedSharding trees for the train step's three arguments.
 
-    `state` is the loop's {step, train, fixed, opt_state, rng} (arrays or ShapeDtypeStructs); its
+    `state` is the loop's {step, train, fixed, opt_state, rng[, reg]} (arrays or ShapeDtypeStructs); its
     shardings tree has exactly its structure, so it can be both the step's input and output sharding."""
     to_sharding = lambda specs: jax.tree_util.tree_map(lambda s: NamedSharding(mesh, s), specs,
                                                        is_leaf=lambda s: isinstance(s, P))
@@ -249,6 +249,8 @@ def train_shardings(mesh: Mesh, state: Mapping[str, Any], base_params: Mapping[s
     out["train"] = train_specs
     out["fixed"] = delta_specs(state["fixed"], base_params, base_specs, mesh)
     out["opt_state"] = opt_state_specs(state["opt_state"], state["train"], train_specs, mesh)
+    if "reg" in state:  # a regulariser's copies of δ's trainable leaves (SMART's EMA teacher) are laid out as δ
+        out["reg"] = {k: delta_specs(v, base_params, base_specs, mesh) for k, v in state["reg"].items()}
     return {"state": to_sharding(out), "base": to_sharding(base_specs), "batch": batch_sharding(mesh)}
 
 

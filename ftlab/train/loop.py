@@ -98,6 +98,24 @@ def default_config() -> config_lib.Config:
         # Early exit (ftlab.exits): routine none | weighted (PABEE) | two_stage (DeeBERT) | alternating
         # (BERxiT); anything but none gives the model an exit after every layer.
         exit=config_lib.Config(**_exit_defaults()),
+        # Embedding-perturbation regularisers (ftlab.train.regularizers, whose docstring has every formula):
+        # method none | r3f | r4f | smart | freelb, plus the keys of the method; a key the method does not
+        # read must stay at its default.
+        reg=config_lib.Config(
+            method="none",          # none | r3f | r4f (R3F + spectrally normalised head) | smart | freelb
+            lam=1.0,                # λ (R3F/R4F) / λ_s (SMART): weight of the symmetric KL (regression: squared error)
+            noise="normal",         # R3F/R4F noise z: normal N(0, σ²) | uniform U(-σ, σ)
+            sigma=1e-5,             # σ: R3F/R4F noise scale, SMART's initial noise std
+            steps=None,             # K ascent steps; None = SMART 1, FreeLB 2
+            step_size=None,         # ascent step η (SMART) / α (FreeLB); None = 1e-3 / 1e-1
+            eps=None,               # projection radius ε (SMART > 0; FreeLB Frobenius, 0 = none); None = 1e-5 / 0
+            norm="linf",            # SMART ascent normalisation and projection: linf (paper) | l2
+            mu=1.0,                 # SMART proximal weight μ on symKL(f(x; θ), f(x; EMA θ̃)); 0 = off, no EMA state
+            beta=0.99,              # SMART EMA rate: θ̃ <- β θ̃ + (1 - β) θ after every update
+            init_mag=0.1,           # FreeLB ε0: δ_0 ~ U(-1, 1) ε0 / sqrt(L·D) on the L real tokens
+            head_kernels=r"head/(?:classifier|out_proj|score)/kernel",  # R4F: the spectrally normalised kernels
+            shared_dropout=False,   # extra forwards reuse the clean forward's dropout mask (False: as the references)
+        ),
         # Device mesh (data, fsdp, tensor; one size may be -1 = the devices left over) and extra
         # (regex, PartitionSpec) sharding rules; see ftlab.parallel. Default: pure data parallelism.
         parallel=config_lib.Config(**parallel.DEFAULTS),
@@ -326,6 +344,12 @@ def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_
     if cfg.train.grad_accum < 1 or cfg.train.batch_size % cfg.train.grad_accum:
         raise config_lib.ConfigError(
             f"train.grad_accum={cfg.train.grad_accum} must be >= 1 and divide train.batch_size={cfg.train.batch_size}")
+    reg = cfg.get("reg")  # runs saved before the regularisers existed have no `reg`
+    if reg is not None:
+        from ftlab.train import regularizers
+
+        reg = regularizers.check_training(reg, cfg.train.grad_accum, _exit_routine(cfg))
+        state.update({"reg": s} if (s := regularizers.init_state(reg, train_params)) else {})  # SMART's EMA
     sh = None
     if mesh is not None and mesh.size > 1:
         sh = parallel.train_shardings(mesh, state, params, cfg.parallel.rules)
@@ -334,7 +358,8 @@ def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_
         state = parallel.shard(state, sh["state"])
     train_step = step_lib.make_train_step(d["model"], delta_mod, tx, kind, cfg.train.on_nonfinite, shardings=sh,
                                           accum_steps=cfg.train.grad_accum, total_steps=total_steps,
-                                          loss=loss, ema_decay=ema_decay, ema_warmup=ema_warmup, jit=jit)
+                                          loss=loss, ema_decay=ema_decay, ema_warmup=ema_warmup, reg=reg,
+                                          jit=jit)
     eval_step = step_lib.make_eval_step(d["model"], delta_mod, kind, shardings=sh, jit=jit)
     return {"state": state, "train_step": train_step, "eval_step": eval_step, "lr_schedule": lr_schedule,
             "shardings": sh}
@@ -458,8 +483,9 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
                 values = {"loss": float(np.mean([x["loss"] for x in host])),
                           "grad_norm": float(np.mean([x["grad_norm"] for x in host])),
                           "lr": float(lr_schedule(step - 1)), "epoch": step / steps_per_epoch}
-                if "penalty" in host[0]:
-                    values["penalty"] = float(np.mean([x["penalty"] for x in host]))
+                for k in ("penalty", "reg"):  # a delta's penalty, a regulariser's divergence
+                    if k in host[0]:
+                        values[k] = float(np.mean([x[k] for x in host]))
                 logger.log(step, "train", values)
                 progress.set_postfix(loss=f"{values['loss']:.4f}")
             progress.update(1)

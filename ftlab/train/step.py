@@ -135,9 +135,11 @@ def accumulated_value_and_grad(loss_fn: Callable, accum_steps: int, penalty: Cal
 def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientTransformation, kind: str,
                     on_nonfinite: str = "stop", shardings: dict | None = None, accum_steps: int = 1,
                     total_steps: int | None = None, loss: Callable | None = None, ema_decay: float = 0.0,
-                    ema_warmup: bool = False, jit: bool = True) -> Callable:
+                    ema_warmup: bool = False, reg: dict | None = None, jit: bool = True) -> Callable:
     """jit(step)(state, base, batch) -> (state, metrics); `state` is donated.
 
+    `reg`: the config's `reg` section (ftlab.train.regularizers: R3F/R4F, SMART, FreeLB) replaces the plain
+    value_and_grad and adjusts δ / state['reg'] after the update; metrics then also hold 'reg'.
     `jit=False` returns the plain function (for `jax.vmap` over seeds, ftlab.train.sweep; no shardings).
 
     `accum_steps` > 1: gradient accumulation over that many equal microbatches of the batch (one optimizer
@@ -152,30 +154,49 @@ def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientT
     `ema_decay` > 0: the step also updates `state['ema']` (`averaging.ema_update`, with `ema_warmup`); a
     skipped non-finite step leaves it unchanged (array ops only: the plain function stays vmappable)."""
     loss_fn = make_loss_fn(model, delta_mod, kind, total_steps, loss)
-    if accum_steps == 1:
+    regularizer = None
+    if reg is not None and reg.get("method", "none") != "none":
+        from ftlab.train import regularizers
+
+        regularizers.check_training(reg, accum_steps)
+        regularizer = regularizers.build(reg, model, delta_mod, kind, total_steps, loss)
+        value_and_grad = regularizer["value_and_grad"]
+    elif accum_steps == 1:
         value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
     else:
         value_and_grad = accumulated_value_and_grad(loss_fn, accum_steps, delta_penalty(delta_mod, total_steps))
 
     def train_step(state: dict, base: Any, batch: dict) -> tuple[dict, dict]:
         rng = jax.random.fold_in(state["rng"], state["step"])
-        (loss, aux), grads = value_and_grad(state["train"], state["fixed"], base, batch, rng, state["step"])
+        args = (state["train"], state["fixed"], base, batch, rng, state["step"])
+        if regularizer is None:
+            (loss, aux), grads = value_and_grad(*args)
+        else:  # SMART's EMA teacher travels in state['reg']
+            (loss, aux), grads = value_and_grad(*args, state.get("reg"))
         gnorm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], state["train"])
         new_train = optax.apply_updates(state["train"], updates)
+        new_state = {**state, "step": state["step"] + 1, "opt_state": opt_state}
+        if regularizer is not None:  # R4F's normalised head, SMART's EMA update
+            new_train, reg_state = regularizer["after_update"](new_train, state.get("reg"))
+            if "reg" in state:
+                new_state["reg"] = reg_state
         finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
         if on_nonfinite == "skip":  # keep the previous δ and optimizer state for this step
             keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
-            new_train, opt_state = keep(new_train, state["train"]), keep(opt_state, state["opt_state"])
-        new_state = {**state, "step": state["step"] + 1, "train": new_train, "opt_state": opt_state}
+            new_train, new_state["opt_state"] = keep(new_train, state["train"]), keep(opt_state, state["opt_state"])
+            if "reg" in state:
+                new_state["reg"] = keep(new_state["reg"], state["reg"])
+        new_state["train"] = new_train
         if ema_decay:  # weight averaging (ftlab.train.averaging): array ops only, so the step stays vmappable
             ema = averaging.ema_update(state["ema"], new_train, state["step"], ema_decay, ema_warmup)
             if on_nonfinite == "skip":
                 ema = jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), ema, state["ema"])
             new_state["ema"] = ema
         metrics = {"loss": loss, "grad_norm": gnorm, "finite": finite}
-        if "penalty" in aux:
-            metrics["penalty"] = aux["penalty"]
+        for k in ("penalty", "reg"):
+            if k in aux:
+                metrics[k] = aux[k]
         return new_state, metrics
 
     if not jit:
