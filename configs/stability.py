@@ -7,6 +7,8 @@ Variant `<task>-<recipe>`, task one of cola, mrpc, stsb, sst2 (dev sets as in GL
   mosbach   Mosbach et al. 2021: bias correction, lr 2e-5, 10% warmup, 20 epochs (small lr, many iterations)
   reinit2   vanilla with the top 2 encoder layers (and the pooler) re-initialised (Zhang et al. 2021)
   llrd      vanilla with layer-wise lr decay 0.9 (each layer below the top gets ×0.9 of the lr above)
+  r3f       vanilla + R3F (Aghajanyan et al. 2021): λ=1 symmetric KL to the output under N(0, 1e-5²) embedding noise
+  mixout    vanilla with Mixout(w_pre) p=0.9 on every backbone kernel (Lee et al. 2020)
 Run with `ftlab sweep` (10 seeds in one program), then scripts/stability.py for the table and plot.
 Paper/reference: Mosbach, Andriushchenko & Klakow 2021, "On the Stability of Fine-tuning BERT"; Dodge et al.
           2020; Zhang et al. 2021, "Revisiting Few-sample BERT Fine-tuning".
@@ -24,7 +26,7 @@ TASKS = {  # task: (max_length, eval every N steps — about twice per epoch of 
     "mrpc": (128, 31),
     "stsb": (128, 31),
 }
-RECIPES = ("vanilla", "biascorr", "mosbach", "reinit2", "llrd")
+RECIPES = ("vanilla", "biascorr", "mosbach", "reinit2", "llrd", "r3f", "mixout")
 
 
 def get_config(variant=None):
@@ -59,4 +61,12 @@ def get_config(variant=None):
         c.delta.k = 2
     if recipe == "llrd":
         c.optim.llrd = 0.9
+    if recipe == "r3f":
+        c.reg.method = "r3f"
+        c.reg.lam = 1.0
+        c.reg.noise = "normal"
+        c.reg.sigma = 1e-5
+    if recipe == "mixout":
+        c.delta.method = "mixout"
+        c.delta.p = 0.9
     return c

@@ -334,7 +334,8 @@ def _vmapped(cfg: config_lib.Config, workdir: str, seeds: list[int]) -> dict[str
     stop_step = int(math.ceil(cfg.sweep.stop_fraction * total_steps)) if cfg.sweep.stop_fraction > 0 else None
     if resume_step is None:
         print(f"[ftlab] sweep of {len(seeds)} seeds {seeds} in one program (vmap): task {task.name}, "
-              f"delta {method}, {n_train:,} trainable of {n_total:,} parameters per seed; "
+              f"delta {method}" + (f", reg {cfg.reg.method}" if cfg.get("reg", {}).get("method", "none") != "none" else "")
+              + f", {n_train:,} trainable of {n_total:,} parameters per seed; "
               f"{len(train_enc):,} train / {len(eval_enc):,} {cfg.task.eval_split} examples; {total_steps} steps"
               + (f"; after step {stop_step} only the best {cfg.sweep.keep} go on" if stop_step else ""),
               file=sys.stderr)
