@@ -67,7 +67,13 @@ def default_config() -> config_lib.Config:
             train_subset=0,         # >0: train on this many examples drawn with subset_seed
             subset_seed=42,
             eval_split="dev",
+            kshot="",               # "<K>-<seed>" (e.g. "16-42"): LM-BFF K-shot train/dev (ftlab.tasks.kshot);
+                                    # eval_split 'test' is then the task's original evaluation set
+            kshot_dir="",           # '' = sample the split now (checked against the committed md5 manifest)
         ),
+        # Prompt-based fine-tuning (ftlab.train.prompting): CE over label-word scores of an LM head, no new
+        # head. Off while pattern and template are both ''.
+        prompt=config_lib.Config(**_prompt_defaults()),
         delta=config_lib.Config(method="full"),  # plus the method's own keys (ftlab/deltas/<method>.py)
         optim=config_lib.Config(**{k: v for k, v in optim.DEFAULTS.items()}),
         train=config_lib.Config(
@@ -95,6 +101,20 @@ def default_config() -> config_lib.Config:
         # (regex, PartitionSpec) sharding rules; see ftlab.parallel. Default: pure data parallelism.
         parallel=config_lib.Config(**parallel.DEFAULTS),
     )
+
+
+def _prompt_defaults() -> dict[str, Any]:
+    from ftlab.train import prompting
+
+    return dict(prompting.DEFAULTS)
+
+
+def _prompt(cfg: config_lib.Config, task, base_config) -> dict[str, Any] | None:
+    """The resolved prompt settings, or None (also for runs saved before prompts existed)."""
+    from ftlab.models import family
+    from ftlab.train import prompting
+
+    return prompting.resolve(cfg.get("prompt"), task, family(base_config))
 
 
 def _exit_defaults() -> dict[str, Any]:
@@ -130,6 +150,8 @@ def prepare(cfg: config_lib.Config, head: str | None = None) -> dict[str, Any]:
         model_config = dataclasses.replace(model_config, **overrides)
     if head is None and _exit_routine(cfg) != "none":
         head = "early_exit"
+    if head is None and _prompt(cfg, task, base.config) is not None:  # prompt-based: the LM head, no new head
+        head = _prompt(cfg, task, base.config)["head"]
     model = build_model(model_config, head=head or TASK_HEADS[task.kind], num_labels=task.num_labels,
                         pooling=cfg.model.pooling)
     example = jnp.ones((1, 8), jnp.int32)
@@ -142,11 +164,25 @@ def _load_split(cfg, task, tokenizer, split: str, subset: int = 0, model_config=
     from ftlab.tasks import resolve_data_dir
 
     data_dir = resolve_data_dir(task.name, cfg.task.data_dir or None)
-    examples = task.read(split, data_dir)
+    if cfg.task.get("kshot"):
+        from ftlab.tasks import kshot
+
+        examples = kshot.read(task, split, data_dir, cfg.task.kshot, cfg.task.get("kshot_dir", ""))
+    else:
+        examples = task.read(split, data_dir)
     if subset and subset < len(examples):
         idx = np.random.default_rng(cfg.task.subset_seed).permutation(len(examples))[:subset]
         examples = [examples[i] for i in sorted(idx)]
     max_pos = getattr(model_config, "max_position_embeddings", None) if model_config is not None else None
+    prompt = _prompt(cfg, task, model_config) if model_config is not None else None
+    if prompt is not None:
+        from ftlab.prompts import encode_prompts
+
+        if max_pos is not None and cfg.task.max_length > max_pos:
+            raise ValueError(f"max_length={cfg.task.max_length} exceeds the model's {max_pos} positions")
+        return examples, encode_prompts(examples, tokenizer, prompt["template"], prompt["verbalizer"],
+                                        task.label_names, cfg.task.max_length, prompt["scorer"],
+                                        prompt["score_suffix"])
     return examples, encode(examples, tokenizer, task, cfg.task.max_length, model_max_positions=max_pos)
 
 
@@ -245,7 +281,7 @@ def evaluate(eval_step, state: dict, base, task, enc, batch_size: int, pad_id: i
 
 def init_delta(cfg: config_lib.Config, prep: dict[str, Any]) -> dict[str, Any]:
     """The config's δ on prep's θ₀: {'method', 'delta_mod', 'delta_cfg', 'delta', 'train', 'fixed' (δ split
-    into trainable and fixed leaves), 'model' (prep's model, or the one a structural δ turns it into)}."""
+    into trainable and fixed leaves), 'model' (prep's model, or the one a structural δ turns it into), 'task'}."""
     params, base, model = prep["params"], prep["base"], prep["model"]
     delta_cfg = dict(cfg.delta)
     method = delta_cfg.pop("method")
@@ -271,7 +307,7 @@ def init_delta(cfg: config_lib.Config, prep: dict[str, Any]) -> dict[str, Any]:
                          f"(method {method}): they would be lost when δ is saved alone")
     train_params, fixed_params = tree.split(delta, delta_mod.trainable(delta))
     return {"method": method, "delta_mod": delta_mod, "delta_cfg": delta_cfg, "delta": delta,
-            "train": train_params, "fixed": fixed_params, "model": model}
+            "train": train_params, "fixed": fixed_params, "model": model, "task": prep["task"]}
 
 
 def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_steps: int,
@@ -294,6 +330,13 @@ def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_
 
         loss = exits.make_loss(cfg.exit, kind, total_steps)
         tx = exits.freeze_in_stage2(tx, train_params, cfg.exit, total_steps)
+    scores = None
+    prompt = _prompt(cfg, d["task"], d["model"].config) if "task" in d else None
+    if prompt is not None:  # prompt-based: CE over the label words' scores; eval predicts their argmax
+        from ftlab.train import prompting
+
+        loss = prompting.make_loss(d["task"].num_labels)
+        scores = prompting.make_scores(d["task"].num_labels)
     state = {
         "step": jnp.zeros([], jnp.int32),
         "train": train_params,
@@ -311,7 +354,7 @@ def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_
     train_step = step_lib.make_train_step(d["model"], delta_mod, tx, kind, cfg.train.on_nonfinite, shardings=sh,
                                           accum_steps=cfg.train.grad_accum, total_steps=total_steps,
                                           loss=loss)
-    eval_step = step_lib.make_eval_step(d["model"], delta_mod, kind, shardings=sh)
+    eval_step = step_lib.make_eval_step(d["model"], delta_mod, kind, shardings=sh, scores=scores)
     return {"state": state, "train_step": train_step, "eval_step": eval_step, "lr_schedule": lr_schedule,
             "shardings": sh}
 

@@ -178,10 +178,13 @@ def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientT
                    out_shardings=(shardings["state"], everywhere), donate_argnums=(0,))
 
 
-def make_eval_step(model: nn.Module, delta_mod: ModuleType, kind: str, shardings: dict | None = None) -> Callable:
+def make_eval_step(model: nn.Module, delta_mod: ModuleType, kind: str, shardings: dict | None = None,
+                   scores: Callable | None = None) -> Callable:
     """jit(eval)(train, fixed, base, batch) -> {'pred', 'loss_sum', 'weight'}.
 
-    `shardings` as for `make_train_step`; the outputs are then replicated (every host reads all rows)."""
+    `shardings` as for `make_train_step`; the outputs are then replicated (every host reads all rows).
+    `scores(logits, batch) -> [B, C]` turns the model's outputs into class scores first (prompt-based models:
+    label-word scores from LM logits, `ftlab.train.prompting.make_scores`)."""
 
     def eval_step(train, fixed, base, batch):
         delta = tree.merge(train, fixed) if fixed else train
@@ -189,6 +192,8 @@ def make_eval_step(model: nn.Module, delta_mod: ModuleType, kind: str, shardings
         logits = model.apply(variables, batch["input_ids"], deterministic=True, **model_inputs(batch))
         if isinstance(logits, dict):  # early exit: the metrics are the last exit's (the full model's)
             logits = logits["logits"][:, -1]
+        if scores is not None:
+            logits = scores(logits, batch)
         _, aux = losses.compute(kind, logits, batch)
         return {"pred": losses.predictions(kind, logits), **aux}
 

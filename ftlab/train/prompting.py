@@ -1,0 +1,159 @@
+"""Label-word scores from language-model logits: the JAX side of prompt-based fine-tuning and prompting.
+
+A prompt batch (`ftlab.prompts.encode`, shapes there: B examples, R rows each, Q verbalizer choices, M target
+tokens per choice, C labels) is run through a model with an LM head ('masked_lm' for the cloze scorer,
+'causal_lm' for the causal one), giving logits [B*R, T, V]. Then
+
+    choice score  s[b, q] = Σ_m w[b,q,m] · log_softmax(logits[row[b,q], pos[b,q,m]])[tok[b,q,m]]
+                   (causal: sum of the label word's (and suffix's) log-probs; cloze: their mean over the masks)
+    label score   z[b, c] = mean of s[b, q] over the choices q of label c
+
+Prompt-based fine-tuning (LM-BFF, PET) minimises cross-entropy over z: softmax over the label words' scores,
+no new head; predictions are argmax_c z. `make_loss` / `make_scores` plug into `ftlab.train.step`'s
+`loss(logits, batch, step)` and `scores(logits, batch)` hooks.
+
+In-context prompting reuses one long shared prefix (the demonstrations): `score_with_prefix` runs the prefix
+once into a KV cache and scores each batch of rows against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ftlab.train import losses
+
+Array = jax.Array
+HEADS = {"cloze": "masked_lm", "causal": "causal_lm"}
+
+
+def choice_scores(logits: Array, batch: dict) -> Array:
+    """logits [B*R, T, V] -> choice scores [B, Q] (float32)."""
+    picked = logits[batch["choice_row"][..., None], batch["choice_pos"]]  # [B, Q, M, V]
+    logp = jax.nn.log_softmax(picked.astype(jnp.float32), axis=-1)
+    tok = jnp.take_along_axis(logp, batch["choice_tok"][..., None], axis=-1)[..., 0]  # [B, Q, M]
+    return jnp.sum(tok * batch["choice_w"], axis=-1)
+
+
+def label_scores(logits: Array, batch: dict, num_labels: int) -> Array:
+    """logits [B*R, T, V] -> label scores [B, C]: the mean score of each label's words."""
+    s = choice_scores(logits, batch)
+    onehot = jax.nn.one_hot(batch["choice_label"], num_labels, dtype=jnp.float32)  # [B, Q, C]
+    return jnp.einsum("bq,bqc->bc", s, onehot) / jnp.maximum(onehot.sum(1), 1.0)
+
+
+def make_scores(num_labels: int) -> Callable:
+    """scores(logits, batch) -> [B, C] for `step.make_eval_step(..., scores=...)`."""
+    return lambda logits, batch: label_scores(logits, batch, num_labels)
+
+
+def make_loss(num_labels: int) -> Callable:
+    """loss(logits, batch, step) -> (CE over the label scores, {'loss_sum', 'weight'}) for the train step."""
+    return lambda logits, batch, step: losses.compute("classification", label_scores(logits, batch, num_labels),
+                                                      batch)
+
+
+def model_inputs(batch: dict) -> dict:
+    """Model keyword inputs of a prompt batch (position ids when the rows are left-padded)."""
+    kw = {"attention_mask": batch["attention_mask"]}
+    if "position_ids" in batch:
+        kw["position_ids"] = batch["position_ids"]
+    return kw
+
+
+@partial(jax.jit, static_argnums=(0, 3))
+def _scores(model, variables, batch, num_labels):
+    logits = model.apply(variables, batch["input_ids"], deterministic=True, **model_inputs(batch))
+    return label_scores(logits, batch, num_labels)
+
+
+def score_batch(model: Any, variables: dict, batch: dict, num_labels: int) -> np.ndarray:
+    """Label scores [B, C] of one prompt batch (jitted per shape)."""
+    keys = ("input_ids", "attention_mask", "position_ids", "choice_row", "choice_pos", "choice_tok", "choice_w",
+            "choice_label")
+    return np.asarray(_scores(model, variables, {k: batch[k] for k in keys if k in batch}, num_labels))
+
+
+@partial(jax.jit, static_argnums=(0, 3))
+def prefill(model: Any, variables: dict, prefix: Array, slots: int) -> dict:
+    """KV cache [1, slots, ...] holding `prefix` [P] at slots 0..P-1 (a causal_lm decoder)."""
+    from ftlab.models.generate import init_cache
+
+    p = prefix.shape[0]
+    cache = init_cache(model.config, 1, slots, jnp.bfloat16 if model.config.dtype == "bfloat16" else jnp.float32)
+    _, cache = model.apply(variables, prefix[None], jnp.ones((1, slots), jnp.int32),
+                           position_ids=jnp.arange(p)[None], cache=cache, cache_index=0)
+    return cache
+
+
+@partial(jax.jit, static_argnums=(0, 3, 5))
+def _scores_cached(model, variables, cache, p, batch, num_labels):
+    ids = batch["input_ids"]
+    n, t = ids.shape
+    s = jax.tree_util.tree_leaves(cache)[0].shape[1]
+    cache = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n, *x.shape[1:])), cache)
+    mask = jnp.concatenate([jnp.ones((n, p), jnp.int32), batch["attention_mask"],
+                            jnp.zeros((n, s - p - t), jnp.int32)], axis=1)
+    logits, _ = model.apply(variables, ids, mask, position_ids=p + jnp.broadcast_to(jnp.arange(t), (n, t)),
+                            cache=cache, cache_index=p)
+    return label_scores(logits, batch, num_labels)
+
+
+def score_with_prefix(model: Any, variables: dict, cache: dict, prefix_len: int, last_prefix_token: int,
+                      batch: dict, num_labels: int) -> np.ndarray:
+    """Label scores [B, C] of causal prompt rows that continue a shared prefix held in `cache` (from `prefill`
+    of the prefix without its last token; `prefix_len` = the tokens in the cache). Each row's start token is
+    replaced by `last_prefix_token`, so position 0 of a row predicts its first token exactly as in the
+    prefix-free encoding."""
+    ids = np.array(batch["input_ids"])
+    ids[:, 0] = np.where(batch["attention_mask"][:, 0] > 0, last_prefix_token, ids[:, 0])
+    keys = ("attention_mask", "choice_row", "choice_pos", "choice_tok", "choice_w", "choice_label")
+    feed = {"input_ids": ids, **{k: batch[k] for k in keys}}
+    return np.asarray(_scores_cached(model, variables, cache, prefix_len, feed, num_labels))
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+DEFAULTS = {
+    "pattern": "",        # '' = off; "<task>:<i>" or "<i>" (a pattern of ftlab.prompts.patterns for task.name)
+    "template": "",       # overrides the pattern's template, e.g. "{sentence} It was {mask}."
+    "verbalizer": "",     # overrides the pattern's words: "0=terrible|1=great" (or a dict in a config file)
+    "scorer": "auto",     # cloze (masked LM) | causal (causal LM) | auto (cloze for encoders, causal for decoders)
+    "score_suffix": True,  # causal: also score the template text after the label word
+}
+
+
+def resolve(prompt_cfg: Any, task: Any, model_family: str) -> dict[str, Any] | None:
+    """The config's prompt section -> {'template', 'verbalizer', 'scorer', 'score_suffix', 'head'}, or None when
+    prompting is off (no pattern and no template). Raises naming the key for an unusable setting."""
+    from ftlab.prompts import get_pattern, parse_template, parse_verbalizer
+
+    if not prompt_cfg or not (prompt_cfg.get("pattern") or prompt_cfg.get("template")):
+        return None
+    unknown = set(prompt_cfg) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"prompt: unknown key(s) {sorted(unknown)} (valid: {sorted(DEFAULTS)})")
+    if task.kind != "classification":
+        raise ValueError(f"prompt-based training needs a classification task; {task.name!r} is {task.kind}")
+    pat = get_pattern(str(prompt_cfg["pattern"]), task.name) if prompt_cfg.get("pattern") else None
+    template = prompt_cfg.get("template") or (pat.template if pat else "")
+    verbalizer = prompt_cfg.get("verbalizer") or (pat.verbalizer if pat else "")
+    if not verbalizer:
+        raise ValueError("prompt.template is set but prompt.verbalizer is empty (e.g. '0=terrible|1=great')")
+    parse_template(template)
+    parse_verbalizer(verbalizer, task.label_names, "prompt.verbalizer")
+    scorer = prompt_cfg.get("scorer", "auto")
+    if scorer == "auto":
+        scorer = "cloze" if model_family == "bert" else "causal"
+    if scorer not in HEADS:
+        raise ValueError(f"prompt.scorer={scorer!r}: choose from auto, {', '.join(HEADS)}")
+    if (scorer == "cloze") != (model_family == "bert"):
+        raise ValueError(f"prompt.scorer={scorer!r} does not fit a {model_family} model "
+                         "(cloze needs an encoder with a masked-LM head, causal a decoder)")
+    return {"template": template, "verbalizer": dict(verbalizer) if not isinstance(verbalizer, str) else verbalizer,
+            "scorer": scorer, "score_suffix": bool(prompt_cfg.get("score_suffix", True)), "head": HEADS[scorer]}
