@@ -198,3 +198,23 @@ def test_prompt_finetuning_through_the_loop(model_fixture, scorer, request, shar
     assert all(np.isfinite(x["loss"]) for x in logged if x["kind"] == "train")
     head = build_model(load_base(path).config, prompting.HEADS[scorer]).head
     assert head in ("causal_lm", "masked_lm")
+
+
+@pytest.mark.slow
+def test_fewshot_script_zero_shot_and_in_context(tiny_llama, shared_data, tmp_path):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("fewshot", os.path.join(REPO, "scripts", "fewshot.py"))
+    fewshot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fewshot)
+    path, _ = tiny_llama
+    common = ["--task", "sst2", "--model", path, "--data-dir", shared_data, "--limit", "6", "--batch-size", "4",
+              "--max-length", "48"]
+    zs = fewshot.main(["--mode", "zero_shot", *common])
+    assert zs["n"] == 6 and 0 <= zs["accuracy"] <= 1 and sum(zs["predicted"].values()) == 6
+    icl = fewshot.main(["--mode", "in_context", "--kshot", "4-13", "--max-context", "256", *common,
+                        "--out", str(tmp_path / "r.json")])
+    assert icl["demonstrations"] == 8 and icl["prefix_tokens"] <= 256 - 48
+    assert json.loads((tmp_path / "r.json").read_text())["accuracy"] == icl["accuracy"]

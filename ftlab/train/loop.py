@@ -117,6 +117,15 @@ def _prompt(cfg: config_lib.Config, task, base_config) -> dict[str, Any] | None:
     return prompting.resolve(cfg.get("prompt"), task, family(base_config))
 
 
+def eval_scores(cfg: config_lib.Config, task, base_config):
+    """The eval step's `scores` hook for this config: label-word scores of a prompt-based run, else None."""
+    if _prompt(cfg, task, base_config) is None:
+        return None
+    from ftlab.train import prompting
+
+    return prompting.make_scores(task.num_labels)
+
+
 def _exit_defaults() -> dict[str, Any]:
     from ftlab import exits
 
