@@ -42,6 +42,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N examples only (0 = all)")
     p.add_argument("--out", default="")
+    p.add_argument("--progress", type=int, default=10, help="print progress every N batches (0 = never)")
     a = p.parse_args(argv)
 
     import jax
@@ -100,6 +101,10 @@ def main(argv=None) -> dict:
             z = prompting.score_with_prefix(model, variables, cache, len(prefix) - 1, prefix[-1], b,
                                             task.num_labels)
         preds.extend(np.argmax(z, -1)[b["example_mask"] > 0].tolist())
+        if a.progress and len(preds) < len(enc) and len(preds) % (a.progress * a.batch_size) == 0:
+            right = sum(int(q == y) for q, y in zip(preds, enc.labels, strict=False))
+            print(f"[fewshot] {len(preds)}/{len(enc)} examples, accuracy so far {right / len(preds):.4f}, "
+                  f"{time.time() - t_score:.0f} s", file=sys.stderr, flush=True)
     t_score = time.time() - t_score
     labels = enc.labels.tolist()
     acc = float(np.mean([p == y for p, y in zip(preds, labels, strict=True)]))

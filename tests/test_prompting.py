@@ -180,15 +180,19 @@ def test_loss_is_ce_over_label_scores():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_fixture, scorer", [("tiny_llama", "causal"), ("bert_mlm", "cloze")])
-def test_prompt_finetuning_through_the_loop(model_fixture, scorer, request, shared_data, tmp_path):
+@pytest.mark.parametrize("model_fixture, scorer, demos", [("tiny_llama", "causal", "none"),
+                                                          ("bert_mlm", "cloze", "none"),
+                                                          ("bert_mlm", "cloze", "similar")])
+def test_prompt_finetuning_through_the_loop(model_fixture, scorer, demos, request, shared_data, tmp_path):
     from ftlab.train.loop import default_config, train_and_evaluate
 
     path, _ = request.getfixturevalue(model_fixture)
     cfg = default_config()
     cfg.model.name = path
     cfg.task.update(name="sst2", data_dir=shared_data, kshot="4-13", max_length=48, eval_split="dev")
-    cfg.prompt.update(pattern="sst2:0", scorer=scorer)
+    cfg.prompt.update(pattern="sst2:0", scorer=scorer, demos=demos, demo_sets=2)
+    if demos != "none":
+        cfg.task.max_length = 96
     cfg.train.update(max_steps=3, batch_size=4, eval_batch_size=8, log_every=1, checkpoint_every=0,
                      progress=False, export_delta="none")
     cfg.optim.lr = 1e-3
@@ -218,3 +222,27 @@ def test_fewshot_script_zero_shot_and_in_context(tiny_llama, shared_data, tmp_pa
                         "--out", str(tmp_path / "r.json")])
     assert icl["demonstrations"] == 8 and icl["prefix_tokens"] <= 256 - 48
     assert json.loads((tmp_path / "r.json").read_text())["accuracy"] == icl["accuracy"]
+
+
+def test_variant_scores_are_the_mean_of_the_versions():
+    import jax.numpy as jnp
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    exs = [dict(EXAMPLES[i // 2], demos=f"demo number {i}.") for i in range(4)]
+    t = "{sentence} It was {mask}. {demos}"
+    sep = encode_prompts(exs, tok, t, "0=unwatchable|1=great", ("0", "1"), 48, "cloze")
+    merged = encode_prompts(exs, tok, t, "0=unwatchable|1=great", ("0", "1"), 48, "cloze", variants=2)
+    rng = np.random.default_rng(0)
+    emb, proj = rng.normal(size=(len(tok), 4)), rng.normal(size=(4, len(tok)))
+    fake = lambda b: jnp.asarray(emb[b["input_ids"]] @ proj, jnp.float32)  # noqa: E731  logits of a "model"
+    bs, bm = _one_batch(sep, 4), _one_batch(merged, 2)
+    zs = np.asarray(prompting.label_scores(fake(bs), bs, 2))
+    zm = np.asarray(prompting.label_scores(fake(bm), bm, 2))
+    np.testing.assert_allclose(zm, (zs[0::2] + zs[1::2]) / 2, rtol=1e-5)
+
+
+def test_minilm_embeddings_rank_paraphrases_first(hf_offline):
+    e = prompting.embed_sentences(["a great movie", "an excellent film", "the stock market fell sharply"])
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, rtol=1e-5)
+    assert e[0] @ e[1] > e[0] @ e[2] + 0.2

@@ -181,3 +181,41 @@ def test_demonstrations_prefix(bpe):
     assert again == ids
     short, kept = demonstrations(exs, bpe, "{sentence} It was {mask}.", "0=terrible|1=great", ("0", "1"), 0, 20)
     assert len(short) <= 20 and 0 < kept < 6
+
+
+def test_demonstrations_random_and_similar():
+    from ftlab.prompts.demos import demo_template, with_demonstrations
+
+    pool = [dict(EX, text_a=f"film {i}.", label=i % 2, source=f"p:{i}") for i in range(6)]
+    out = with_demonstrations(pool, pool, "{sentence} It was {mask}.", "0=terrible|1=great", ("0", "1"), 0,
+                              num_sets=2, pool_is_examples=True)
+    assert len(out) == 12 and [o["text_a"] for o in out[:2]] == ["film 0."] * 2
+    for i, o in enumerate(out):
+        assert o["demos"].count("It was great.") == 1 and o["demos"].count("It was terrible.") == 1
+        assert f"film {i // 2}. " not in o["demos"] + " "  # never itself
+    again = with_demonstrations(pool, pool, "{sentence} It was {mask}.", "0=terrible|1=great", ("0", "1"), 0,
+                                num_sets=2, pool_is_examples=True)
+    assert again == out
+    # 'similar': with 3 candidates per class and top 50% (round(1.5) = 2), a query equal to pool[4]'s embedding
+    # picks among the two nearest of each class.
+    emb = np.eye(6, dtype=np.float32)
+    emb[2] = emb[4] = (np.eye(6)[2] + np.eye(6)[4]) / np.sqrt(2)  # 2 and 4 (class 0) are the same point
+    q = emb[[4]]
+    sim = with_demonstrations([dict(EX, label=0)], pool, "{sentence} It was {mask}.", "0=terrible|1=great",
+                              ("0", "1"), 3, "similar", 8, (q, emb))
+    assert all("film 2. It was terrible." in s["demos"] or "film 4. It was terrible." in s["demos"] for s in sim)
+    assert demo_template("{sentence} It was {mask}.", "cloze") == "{sentence} It was {mask}. {demos}"
+    assert demo_template("{sentence} It was {mask}.", "causal") == "{demos} {sentence} It was {mask}."
+
+
+def test_encode_variants_merges_rows_and_choices(wordpiece):
+    exs = [dict(EX, demos=f"demo {s}.") for s in range(3)] + [dict(EX, label=0, demos=f"other {s}.")
+                                                             for s in range(3)]
+    t = "{sentence} It was {mask}. {demos}"
+    sep = encode_prompts(exs, wordpiece, t, "0=unwatchable|1=great", ("0", "1"), 64, "cloze")
+    merged = encode_prompts(exs, wordpiece, t, "0=unwatchable|1=great", ("0", "1"), 64, "cloze", variants=3)
+    assert len(merged) == 2 and merged.num_rows == 3 * sep.num_rows and merged.choice_pos.shape[1] == 6
+    assert merged.labels.tolist() == [1, 0] and merged.choice_label.tolist() == [0, 1] * 3
+    assert merged.choice_row[0].tolist() == [1, 0, 3, 2, 5, 4]
+    with pytest.raises(ValueError, match="groups of variants=4"):
+        encode_prompts(exs, wordpiece, t, "0=a|1=b", ("0", "1"), 64, "cloze", variants=4)

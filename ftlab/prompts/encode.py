@@ -147,8 +147,18 @@ def encode_prompts(
     max_length: int,
     scorer: str,
     score_suffix: bool = True,
+    variants: int = 1,
 ) -> PromptEncoded:
-    """Encode `examples` (from `Task.read`) for `scorer` ('cloze' | 'causal'); see the module docstring."""
+    """Encode `examples` (from `Task.read`) for `scorer` ('cloze' | 'causal'); see the module docstring.
+
+    `variants` > 1: every `variants` consecutive examples are versions of one input (e.g. with different
+    demonstration sets, `ftlab.prompts.demos`); they become one example whose rows and choices are theirs
+    together, so each label's score is the mean over the versions."""
+    if variants > 1:
+        if len(examples) % variants:
+            raise ValueError(f"{len(examples)} examples do not split into groups of variants={variants}")
+        return merge_variants(encode_prompts(examples, tokenizer, template, verbalizer, label_names, max_length,
+                                             scorer, score_suffix), variants)
     if scorer not in SCORERS:
         raise ValueError(f"unknown scorer {scorer!r}; choose from {SCORERS}")
     if not examples:
@@ -218,6 +228,25 @@ def encode_prompts(
                          choice_pos=pos, choice_tok=tok, choice_w=w,
                          choice_label=np.array([c for c, _ in choices], np.int32), labels=labels,
                          max_length=max_length, scorer=scorer)
+
+
+def merge_variants(enc: PromptEncoded, n: int) -> PromptEncoded:
+    """Every `n` consecutive examples of `enc` -> one example with all their rows and choices."""
+    r = enc.num_rows
+    m = len(enc) // n
+
+    def cat(x: np.ndarray) -> np.ndarray:  # [N, Q, ...] -> [N/n, n*Q, ...]
+        return x.reshape(m, n * x.shape[1], *x.shape[2:])
+
+    rows = [[row for s in range(n) for row in enc.rows[i * n + s]] for i in range(m)]
+    offset = (np.arange(len(enc)) % n * r)[:, None]
+    labels = enc.labels.reshape(m, n)
+    if (labels != labels[:, :1]).any():
+        raise ValueError("versions of one example must share its label")
+    return PromptEncoded(rows=rows, choice_row=cat(enc.choice_row + offset), choice_pos=cat(enc.choice_pos),
+                         choice_tok=cat(enc.choice_tok), choice_w=cat(enc.choice_w),
+                         choice_label=np.tile(enc.choice_label, n), labels=labels[:, 0].copy(),
+                         max_length=enc.max_length, scorer=enc.scorer)
 
 
 def demonstrations(

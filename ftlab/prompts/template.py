@@ -9,7 +9,8 @@ Template format (one line of text with slots in braces; `{{` / `}}` are literal 
 Slots: `{mask}` (exactly one: where the label word goes) and the example's text fields, `{sentence}` /
 `{sentence1}` / `{text_a}` (the example's `text_a`) and `{sentence2}` / `{text_b}` (`text_b`). Modifiers after
 `|`: `nopunct` drops one trailing punctuation character (LM-BFF's `sent-`), `lower` lower-cases the first
-character (LM-BFF's `sentl`), `upper` upper-cases it.
+character (LM-BFF's `sentl`), `upper` upper-cases it. `{demos}` reads LM-BFF demonstrations added by
+`ftlab.prompts.demos.with_demonstrations`.
 
 Whitespace: a space written before a slot belongs to the slot. For byte-level BPE tokenizers (GPT-2, Llama /
 SmolLM2) the slot's text is tokenised with that leading space (`" great"` -> `Ġgreat`), so label words get the
@@ -30,7 +31,8 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-FIELDS = {"sentence": "text_a", "sentence1": "text_a", "text_a": "text_a", "sentence2": "text_b", "text_b": "text_b"}
+FIELDS = {"sentence": "text_a", "sentence1": "text_a", "text_a": "text_a", "sentence2": "text_b", "text_b": "text_b",
+          "demos": "demos"}
 MODIFIERS = ("nopunct", "lower", "upper")
 
 

@@ -189,9 +189,18 @@ def _load_split(cfg, task, tokenizer, split: str, subset: int = 0, model_config=
 
         if max_pos is not None and cfg.task.max_length > max_pos:
             raise ValueError(f"max_length={cfg.task.max_length} exceeds the model's {max_pos} positions")
-        return examples, encode_prompts(examples, tokenizer, prompt["template"], prompt["verbalizer"],
+        template, variants = prompt["template"], 1
+        if prompt["demos"] != "none":  # LM-BFF demonstrations from the train split (one set per train input)
+            from ftlab.train import prompting
+
+            pool = examples if split == "train" else _load_split(
+                cfg, task, tokenizer, "train", cfg.task.train_subset)[0]
+            variants = 1 if split == "train" else prompt["demo_sets"]
+            examples, template = prompting.add_demonstrations(examples, pool, prompt, task.label_names,
+                                                              cfg.seed, split == "train", variants)
+        return examples, encode_prompts(examples, tokenizer, template, prompt["verbalizer"],
                                         task.label_names, cfg.task.max_length, prompt["scorer"],
-                                        prompt["score_suffix"])
+                                        prompt["score_suffix"], variants)
     return examples, encode(examples, tokenizer, task, cfg.task.max_length, model_max_positions=max_pos)
 
 

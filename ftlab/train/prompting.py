@@ -125,6 +125,8 @@ DEFAULTS = {
     "verbalizer": "",     # overrides the pattern's words: "0=terrible|1=great" (or a dict in a config file)
     "scorer": "auto",     # cloze (masked LM) | causal (causal LM) | auto (cloze for encoders, causal for decoders)
     "score_suffix": True,  # causal: also score the template text after the label word
+    "demos": "none",      # LM-BFF demonstrations (ftlab.prompts.demos): none | random | similar (MiniLM cosine)
+    "demo_sets": 1,       # demonstration sets per evaluation input; label scores are averaged over them
 }
 
 
@@ -155,5 +157,51 @@ def resolve(prompt_cfg: Any, task: Any, model_family: str) -> dict[str, Any] | N
     if (scorer == "cloze") != (model_family == "bert"):
         raise ValueError(f"prompt.scorer={scorer!r} does not fit a {model_family} model "
                          "(cloze needs an encoder with a masked-LM head, causal a decoder)")
+    demos = prompt_cfg.get("demos", "none")
+    if demos not in ("none", "random", "similar"):
+        raise ValueError(f"prompt.demos={demos!r}: choose from none, random, similar")
+    if int(prompt_cfg.get("demo_sets", 1)) < 1:
+        raise ValueError("prompt.demo_sets must be >= 1")
     return {"template": template, "verbalizer": dict(verbalizer) if not isinstance(verbalizer, str) else verbalizer,
-            "scorer": scorer, "score_suffix": bool(prompt_cfg.get("score_suffix", True)), "head": HEADS[scorer]}
+            "scorer": scorer, "score_suffix": bool(prompt_cfg.get("score_suffix", True)), "head": HEADS[scorer],
+            "demos": demos, "demo_sets": int(prompt_cfg.get("demo_sets", 1))}
+
+
+def embed_sentences(texts: list[str], model_name: str = "minilm", batch_size: int = 64,
+                    max_length: int = 128) -> np.ndarray:
+    """Sentence embeddings [N, D], L2-normalised mean-pooled last hidden states (all-MiniLM-L6-v2's recipe):
+    the similarity for LM-BFF's demonstration filtering."""
+    from ftlab.checkpoint import load_base
+    from ftlab.models import build_model, init_params
+
+    base = load_base(model_name)
+    model = build_model(base.config, None)
+    params, _ = init_params(model, jax.random.key(0), base.params, np.zeros((1, 4), np.int32))
+
+    @jax.jit
+    def run(ids, mask):
+        h = model.apply({"params": params}, ids, mask)
+        m = mask[..., None].astype(jnp.float32)
+        v = (h * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+        return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+    out = []
+    for s in range(0, len(texts), batch_size):
+        enc = base.tokenizer(texts[s : s + batch_size], truncation=True, max_length=max_length,
+                             padding="max_length", return_tensors="np")
+        out.append(np.asarray(run(enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32))))
+    return np.concatenate(out)
+
+
+def add_demonstrations(examples: list, pool: list, prompt: dict, label_names, seed: int, is_pool: bool,
+                       num_sets: int) -> tuple[list, str]:
+    """(examples with LM-BFF demonstrations, the template reading them) for `prompt` (from `resolve`)."""
+    from ftlab.prompts.demos import demo_template, with_demonstrations
+
+    emb = None
+    if prompt["demos"] == "similar":
+        text = lambda e: e["text_a"] if e.get("text_b") is None else f"{e['text_a']} {e['text_b']}"  # noqa: E731
+        emb = (embed_sentences([text(e) for e in examples]), embed_sentences([text(e) for e in pool]))
+    out = with_demonstrations(examples, pool, prompt["template"], prompt["verbalizer"], label_names, seed,
+                              prompt["demos"], num_sets, emb, pool_is_examples=is_pool)
+    return out, demo_template(prompt["template"], prompt["scorer"])
