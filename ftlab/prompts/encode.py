@@ -69,7 +69,8 @@ class PromptEncoded:
         return np.array([max(len(r) for r in rs) for rs in self.rows], dtype=np.int64)
 
     def collate(self, idx: np.ndarray, width: int, pad_id: int) -> dict[str, np.ndarray]:
-        """Batch of examples `idx` (-1 = padding example) padded to `width` tokens."""
+        """Batch of examples `idx` (-1 = padding example) padded to `width` tokens. `choice_row` indexes this
+        batch's rows, so one process builds the whole batch (several devices are fine)."""
         r = self.num_rows
         b = len(idx)
         real = idx >= 0

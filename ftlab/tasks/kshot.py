@@ -7,9 +7,9 @@ with fewer than 2K examples gives what it has to dev, e.g. TREC's ABBR at K=64).
 (label order), in permutation order within a class. The test set is the task's original evaluation set
 (`TEST_SPLIT`: GLUE's dev set for SST-2/MRPC/CoLA, ftlab's held-out 10% for MR, the test set for SST-5/TREC).
 
-Files: `DIR/<task>/<K>-<seed>/{train,dev}.tsv`, UTF-8 TSVs with a header. For GLUE-format tasks (SST-2, SST-5,
-MRPC, CoLA-free here) they are the original header line and the selected lines byte for byte, so the task's own
-reader reads them; tasks stored in other formats (MR, TREC, CR, MPQA) get `sentence<TAB>label` with the label
+Files: `DIR/<task>/<K>-<seed>/{train,dev}.tsv`, UTF-8 TSVs with a header. For tasks read by `glue_tsv` (SST-2,
+SST-5, MRPC) they are the original header line and the selected lines byte for byte, so the task's own reader
+reads them; tasks stored in other formats (MR, TREC, CoLA, CR, MPQA) get `sentence<TAB>label` with the label
 name. `DIR/manifest.json` (and the committed `ftlab/assets/kshot/manifest.json`) maps
 "<task>/<K>-<seed>/<file>" to {"md5", "rows"}; `check` compares regenerated splits with it.
 
