@@ -70,7 +70,7 @@ class PromptEncoded:
 
     def collate(self, idx: np.ndarray, width: int, pad_id: int) -> dict[str, np.ndarray]:
         """Batch of examples `idx` (-1 = padding example) padded to `width` tokens. `choice_row` indexes this
-        batch's rows, so one process builds the whole batch (several devices are fine)."""
+        batch's rows, so one process builds the whole batch (a sharded multi-device step: untested)."""
         r = self.num_rows
         b = len(idx)
         real = idx >= 0

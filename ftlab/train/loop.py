@@ -188,7 +188,7 @@ def _load_split(cfg, task, tokenizer, split: str, subset: int = 0, model_config=
         from ftlab.prompts import encode_prompts
 
         if jax.process_count() > 1:  # choice_row indexes one process's rows; offsets per host are not done yet
-            raise NotImplementedError("prompt-based training runs in one process (several devices are fine)")
+            raise NotImplementedError("prompt-based training runs in one process (several devices in it: untested)")
 
         if max_pos is not None and cfg.task.max_length > max_pos:
             raise ValueError(f"max_length={cfg.task.max_length} exceeds the model's {max_pos} positions")
