@@ -246,3 +246,20 @@ def test_minilm_embeddings_rank_paraphrases_first(hf_offline):
     e = prompting.embed_sentences(["a great movie", "an excellent film", "the stock market fell sharply"])
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, rtol=1e-5)
     assert e[0] @ e[1] > e[0] @ e[2] + 0.2
+
+
+def test_pet_soft_labels_and_distillation_loss():
+    a, b = np.array([[2.0, 0.0]]), np.array([[0.0, 4.0]])
+    soft = prompting.pet_soft_labels([a, b], weights=[3.0, 1.0], temperature=2.0)
+    avg = (3 * a + b) / 4 / 2  # [[0.75, 0.5]]
+    np.testing.assert_allclose(soft, np.exp(avg) / np.exp(avg).sum(), rtol=1e-6)
+    np.testing.assert_allclose(prompting.pet_soft_labels([a], temperature=1.0), [[0.880797, 0.119203]], rtol=1e-5)
+    with pytest.raises(ValueError, match="non-negative"):
+        prompting.pet_soft_labels([a, b], weights=[0.0, 0.0])
+    logits = np.array([[1.0, -1.0], [0.0, 0.0]], np.float32)
+    batch = {"soft_labels": np.array([[0.5, 0.5], [0.9, 0.1]], np.float32), "example_mask": np.array([1.0, 0.0])}
+    loss, aux = prompting.distillation_loss(logits, batch, temperature=2.0)
+    p = np.exp([0.5, -0.5]) / np.exp([0.5, -0.5]).sum()
+    want = 4 * np.sum(0.5 * (np.log(0.5) - np.log(p)))
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    assert float(aux["weight"]) == 1.0

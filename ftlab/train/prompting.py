@@ -205,3 +205,32 @@ def add_demonstrations(examples: list, pool: list, prompt: dict, label_names, se
     out = with_demonstrations(examples, pool, prompt["template"], prompt["verbalizer"], label_names, seed,
                               prompt["demos"], num_sets, emb, pool_is_examples=is_pool)
     return out, demo_template(prompt["template"], prompt["scorer"])
+
+
+# ------------------------------------------------------------------------------------------------ PET pieces
+
+
+def pet_soft_labels(scores: list[np.ndarray], weights: list[float] | None = None,
+                    temperature: float = 2.0) -> np.ndarray:
+    """PET's ensemble (Schick & Schütze 2021a, §3.2): the label scores [N, C] of the models of several patterns on
+    unlabeled text, averaged with `weights` (PET: each model's training-set accuracy before training; None =
+    uniform), then softmax(· / temperature) -> soft labels [N, C]."""
+    s = np.stack([np.asarray(x, np.float64) for x in scores])  # [P, N, C]
+    w = np.ones(len(scores)) if weights is None else np.asarray(weights, np.float64)
+    if w.shape != (len(scores),) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights must be {len(scores)} non-negative numbers, not all 0; got {weights}")
+    avg = np.tensordot(w / w.sum(), s, axes=1) / temperature
+    avg -= avg.max(-1, keepdims=True)
+    p = np.exp(avg)
+    return (p / p.sum(-1, keepdims=True)).astype(np.float32)
+
+
+def distillation_loss(logits: Array, batch: dict, temperature: float = 2.0) -> tuple[Array, dict]:
+    """PET's distillation loss: KL(soft labels || softmax(logits / T)) · T², averaged over real examples.
+    logits [B, C], batch['soft_labels'] [B, C] (rows sum to 1), batch['example_mask'] [B]."""
+    q = batch["soft_labels"].astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+    kl = jnp.sum(q * (jnp.log(jnp.maximum(q, 1e-12)) - logp), axis=-1) * temperature**2
+    w = batch.get("example_mask", jnp.ones(logits.shape[0], jnp.float32))
+    loss_sum, weight = jnp.sum(kl * w), jnp.sum(w)
+    return loss_sum / jnp.maximum(weight, 1.0), {"loss_sum": loss_sum, "weight": weight}
