@@ -115,9 +115,10 @@ def cmd_eval(argv: list[str]) -> int:
 
     cfg, prep, delta_mod, delta = _load_run(args.workdir, args.delta)
     split = args.split or cfg.task.eval_split
-    _, enc = loop._load_split(cfg, prep["task"], prep["base"].tokenizer, split)
+    _, enc = loop._load_split(cfg, prep["task"], prep["base"].tokenizer, split, 0, prep["base"].config)
     train, fixed = tree.split(delta, delta_mod.trainable(delta))
-    eval_step = step.make_eval_step(prep["model"], delta_mod, prep["task"].kind)
+    eval_step = step.make_eval_step(prep["model"], delta_mod, prep["task"].kind,
+                                    scores=loop.eval_scores(cfg, prep["task"], prep["base"].config))
     pad = prep["base"].tokenizer.pad_token_id or 0
     metrics = loop.evaluate(eval_step, {"train": train, "fixed": fixed}, prep["params"], prep["task"], enc,
                             cfg.train.eval_batch_size, pad, cfg.train.pad_to_multiple_of)

@@ -242,7 +242,7 @@ def _perturbed(train, seed, scale=0.5):
 def test_ensemble_equals_mean_of_members_eval_step_outputs(kind):
     model, mod, params, train, fixed = _setup(kind)
     members = [_perturbed(train, s) for s in range(3)]
-    score_step = step_lib.make_eval_step(model, mod, kind, scores=True)
+    score_step = step_lib.make_eval_step(model, mod, kind, with_scores=True)
     plain_step = step_lib.make_eval_step(model, mod, kind)
     batch = _batch(5, kind)
     outs = [jax.device_get(score_step(m, fixed, params, batch)) for m in members]
@@ -341,7 +341,7 @@ def test_end_to_end_results_last_k_ensemble_and_ema_export(tmp_path, tiny_bert_d
     assert ev(mean) == pytest.approx(avg["last_k"]["metrics"], rel=1e-6)
 
     # Snapshot ensemble: each member's metrics, and the accuracy of the mean of their probabilities.
-    score_step = step_lib.make_eval_step(d["model"], d["delta_mod"], task.kind, scores=True)
+    score_step = step_lib.make_eval_step(d["model"], d["delta_mod"], task.kind, with_scores=True)
     from ftlab.data.batching import batches
 
     probs = []

@@ -137,6 +137,8 @@ def _pad_rows(rows: Sequence[np.ndarray | None], width: int, fill: int) -> np.nd
 
 
 def _collate(enc: Encoded, idx: np.ndarray, width: int, pad_id: int) -> dict[str, np.ndarray]:
+    if hasattr(enc, "collate"):  # prompt encodings (ftlab.prompts.PromptEncoded) lay out their own rows
+        return enc.collate(idx, width, pad_id)
     real = idx >= 0
     ids = [enc.input_ids[i] if i >= 0 else None for i in idx]
     batch = {

@@ -249,7 +249,7 @@ def ensemble_outputs(kind: str, member_scores: jax.Array, batch: Mapping[str, An
 def make_ensemble_eval_step(score_step: Callable, members: Sequence[Any], kind: str) -> Callable:
     """An eval step over the ensemble of `members` (trainable-leaf trees), usable wherever the loop's eval
     step is: step(train, fixed, base, batch) -> `ensemble_outputs`; `train` is ignored. `score_step` is
-    `make_eval_step(..., scores=True)`."""
+    `make_eval_step(..., with_scores=True)`."""
     combine = jax.jit(ensemble_outputs, static_argnums=0)
 
     def ensemble_step(train, fixed, base, batch):

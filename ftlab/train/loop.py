@@ -69,7 +69,13 @@ def default_config() -> config_lib.Config:
             train_subset=0,         # >0: train on this many examples drawn with subset_seed
             subset_seed=42,
             eval_split="dev",
+            kshot="",               # "<K>-<seed>" (e.g. "16-42"): LM-BFF K-shot train/dev (ftlab.tasks.kshot);
+                                    # eval_split 'test' is then the task's original evaluation set
+            kshot_dir="",           # '' = sample the split now (checked against the committed md5 manifest)
         ),
+        # Prompt-based fine-tuning (ftlab.train.prompting): CE over label-word scores of an LM head, no new
+        # head. Off while pattern and template are both ''.
+        prompt=config_lib.Config(**_prompt_defaults()),
         delta=config_lib.Config(method="full"),  # plus the method's own keys (ftlab/deltas/<method>.py)
         optim=config_lib.Config(**{k: v for k, v in optim.DEFAULTS.items()}),
         train=config_lib.Config(
@@ -126,6 +132,29 @@ def default_config() -> config_lib.Config:
     )
 
 
+def _prompt_defaults() -> dict[str, Any]:
+    from ftlab.train import prompting
+
+    return dict(prompting.DEFAULTS)
+
+
+def _prompt(cfg: config_lib.Config, task, base_config) -> dict[str, Any] | None:
+    """The resolved prompt settings, or None (also for runs saved before prompts existed)."""
+    from ftlab.models import family
+    from ftlab.train import prompting
+
+    return prompting.resolve(cfg.get("prompt"), task, family(base_config))
+
+
+def eval_scores(cfg: config_lib.Config, task, base_config):
+    """The eval step's `scores` hook for this config: label-word scores of a prompt-based run, else None."""
+    if _prompt(cfg, task, base_config) is None:
+        return None
+    from ftlab.train import prompting
+
+    return prompting.make_scores(task.num_labels)
+
+
 def _exit_defaults() -> dict[str, Any]:
     from ftlab import exits
 
@@ -165,6 +194,8 @@ def prepare(cfg: config_lib.Config, head: str | None = None) -> dict[str, Any]:
         model_config = dataclasses.replace(model_config, **overrides)
     if head is None and _exit_routine(cfg) != "none":
         head = "early_exit"
+    if head is None and _prompt(cfg, task, base.config) is not None:  # prompt-based: the LM head, no new head
+        head = _prompt(cfg, task, base.config)["head"]
     model = build_model(model_config, head=head or TASK_HEADS[task.kind], num_labels=task.num_labels,
                         pooling=cfg.model.pooling)
     example = jnp.ones((1, 8), jnp.int32)
@@ -177,11 +208,37 @@ def _load_split(cfg, task, tokenizer, split: str, subset: int = 0, model_config=
     from ftlab.tasks import resolve_data_dir
 
     data_dir = resolve_data_dir(task.name, cfg.task.data_dir or None)
-    examples = task.read(split, data_dir)
+    if cfg.task.get("kshot"):
+        from ftlab.tasks import kshot
+
+        examples = kshot.read(task, split, data_dir, cfg.task.kshot, cfg.task.get("kshot_dir", ""))
+    else:
+        examples = task.read(split, data_dir)
     if subset and subset < len(examples):
         idx = np.random.default_rng(cfg.task.subset_seed).permutation(len(examples))[:subset]
         examples = [examples[i] for i in sorted(idx)]
     max_pos = getattr(model_config, "max_position_embeddings", None) if model_config is not None else None
+    prompt = _prompt(cfg, task, model_config) if model_config is not None else None
+    if prompt is not None:
+        from ftlab.prompts import encode_prompts
+
+        if jax.process_count() > 1:  # choice_row indexes one process's rows; offsets per host are not done yet
+            raise NotImplementedError("prompt-based training runs in one process (several devices in it: untested)")
+
+        if max_pos is not None and cfg.task.max_length > max_pos:
+            raise ValueError(f"max_length={cfg.task.max_length} exceeds the model's {max_pos} positions")
+        template, variants = prompt["template"], 1
+        if prompt["demos"] != "none":  # LM-BFF demonstrations from the train split (one set per train input)
+            from ftlab.train import prompting
+
+            pool = examples if split == "train" else _load_split(
+                cfg, task, tokenizer, "train", cfg.task.train_subset)[0]
+            variants = 1 if split == "train" else prompt["demo_sets"]
+            examples, template = prompting.add_demonstrations(examples, pool, prompt, task.label_names,
+                                                              cfg.seed, split == "train", variants)
+        return examples, encode_prompts(examples, tokenizer, template, prompt["verbalizer"],
+                                        task.label_names, cfg.task.max_length, prompt["scorer"],
+                                        prompt["score_suffix"], variants)
     return examples, encode(examples, tokenizer, task, cfg.task.max_length, model_max_positions=max_pos)
 
 
@@ -280,7 +337,7 @@ def evaluate(eval_step, state: dict, base, task, enc, batch_size: int, pad_id: i
 
 def init_delta(cfg: config_lib.Config, prep: dict[str, Any]) -> dict[str, Any]:
     """The config's δ on prep's θ₀: {'method', 'delta_mod', 'delta_cfg', 'delta', 'train', 'fixed' (δ split
-    into trainable and fixed leaves), 'model' (prep's model, or the one a structural δ turns it into)}."""
+    into trainable and fixed leaves), 'model' (prep's model, or the one a structural δ turns it into), 'task'}."""
     params, base, model = prep["params"], prep["base"], prep["model"]
     delta_cfg = dict(cfg.delta)
     method = delta_cfg.pop("method")
@@ -306,7 +363,7 @@ def init_delta(cfg: config_lib.Config, prep: dict[str, Any]) -> dict[str, Any]:
                          f"(method {method}): they would be lost when δ is saved alone")
     train_params, fixed_params = tree.split(delta, delta_mod.trainable(delta))
     return {"method": method, "delta_mod": delta_mod, "delta_cfg": delta_cfg, "delta": delta,
-            "train": train_params, "fixed": fixed_params, "model": model}
+            "train": train_params, "fixed": fixed_params, "model": model, "task": prep["task"]}
 
 
 def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_steps: int,
@@ -332,6 +389,13 @@ def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_
 
         loss = exits.make_loss(cfg.exit, kind, total_steps)
         tx = exits.freeze_in_stage2(tx, train_params, cfg.exit, total_steps)
+    scores = None
+    prompt = _prompt(cfg, d["task"], d["model"].config) if "task" in d else None
+    if prompt is not None:  # prompt-based: CE over the label words' scores; eval predicts their argmax
+        from ftlab.train import prompting
+
+        loss = prompting.make_loss(d["task"].num_labels)
+        scores = prompting.make_scores(d["task"].num_labels)
     state = {
         "step": jnp.zeros([], jnp.int32),
         "train": train_params,
@@ -360,7 +424,7 @@ def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_
                                           accum_steps=cfg.train.grad_accum, total_steps=total_steps,
                                           loss=loss, ema_decay=ema_decay, ema_warmup=ema_warmup, reg=reg,
                                           jit=jit)
-    eval_step = step_lib.make_eval_step(d["model"], delta_mod, kind, shardings=sh, jit=jit)
+    eval_step = step_lib.make_eval_step(d["model"], delta_mod, kind, shardings=sh, jit=jit, scores=scores)
     return {"state": state, "train_step": train_step, "eval_step": eval_step, "lr_schedule": lr_schedule,
             "shardings": sh}
 
@@ -612,7 +676,13 @@ def _averaging_results(cfg, workdir, state, meta, evals, d, task, sh, base_param
     if averaging.snapshot_ensemble_on(cfg.optim):
         snaps = averaging.list_snapshots(averaging.snapshot_dir(workdir, "cycles"))
         members = [put(averaging.load_snapshot(p)) for _, p in snaps]
-        score_step = step_lib.make_eval_step(d["model"], d["delta_mod"], task.kind, shardings=sh, scores=True)
+        hook = None
+        if _prompt(cfg, task, d["model"].config) is not None:  # label-word scores first, as the eval step does
+            from ftlab.train import prompting
+
+            hook = prompting.make_scores(task.num_labels)
+        score_step = step_lib.make_eval_step(d["model"], d["delta_mod"], task.kind, shardings=sh, scores=hook,
+                                             with_scores=True)
         out["snapshot_ensemble"] = {
             "cycles": cfg.optim.cycles, "steps": [s for s, _ in snaps],
             "snapshot_metrics": [ev(eval_step, m) for m in members],

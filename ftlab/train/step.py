@@ -217,11 +217,13 @@ def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientT
 
 
 def make_eval_step(model: nn.Module, delta_mod: ModuleType, kind: str, shardings: dict | None = None,
-                   jit: bool = True, scores: bool = False) -> Callable:
+                   jit: bool = True, scores: Callable | None = None, with_scores: bool = False) -> Callable:
     """jit(eval)(train, fixed, base, batch) -> {'pred', 'loss_sum', 'weight'} (`jit=False`: the plain function).
 
     `shardings` as for `make_train_step`; the outputs are then replicated (every host reads all rows).
-    `scores`: the outputs also hold 'scores', what a snapshot ensemble averages (`averaging.ensemble_outputs`):
+    `scores(logits, batch) -> [B, C]` turns the model's outputs into class scores first (prompt-based models:
+    label-word scores from LM logits, `ftlab.train.prompting.make_scores`).
+    `with_scores`: the outputs also hold 'scores', what a snapshot ensemble averages (`averaging.ensemble_outputs`):
     class probabilities [B, C] (classification) / [B, T, C] (tagging), predicted values [B] (regression)."""
 
     def eval_step(train, fixed, base, batch):
@@ -230,9 +232,11 @@ def make_eval_step(model: nn.Module, delta_mod: ModuleType, kind: str, shardings
         logits = model.apply(variables, batch["input_ids"], deterministic=True, **model_inputs(batch))
         if isinstance(logits, dict):  # early exit: the metrics are the last exit's (the full model's)
             logits = logits["logits"][:, -1]
+        if scores is not None:
+            logits = scores(logits, batch)
         _, aux = losses.compute(kind, logits, batch)
         out = {"pred": losses.predictions(kind, logits), **aux}
-        if scores:
+        if with_scores:
             out["scores"] = averaging.scores(kind, logits)
         return out
 

@@ -1,0 +1,126 @@
+"""Zero-shot and in-context few-shot prompting (no parameter updates): accuracy of label-word scores.
+
+    python scripts/fewshot.py --mode zero_shot --task sst2 --model smollm2
+    python scripts/fewshot.py --mode in_context --task sst2 --kshot 16-42 --model smollm2
+
+zero_shot: each evaluation example is written into the pattern's template and the label whose word scores
+highest wins (`ftlab.train.prompting`; cloze for encoders, causal for decoders). in_context (causal LMs): the
+K-shot train examples of `--kshot`, each filled with its label word, in an order drawn with `--order-seed`,
+separated by newlines, form a prefix before every evaluation example (GPT-3 style); demonstrations are dropped
+from the end until the prefix plus `--max-length` tokens fit `--max-context`. The prefix is run once into a KV
+cache. The evaluation set is the task's original one (`ftlab.tasks.kshot.TEST_SPLIT`, e.g. SST-2's 872-sentence
+dev set). Prints a JSON line with accuracy, counts and timings; `--out` also writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", choices=("zero_shot", "in_context"), required=True)
+    p.add_argument("--task", default="sst2")
+    p.add_argument("--kshot", default="16-42", help="K-shot split whose train examples are the demonstrations")
+    p.add_argument("--kshot-dir", default="")
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--data-dir", default="")
+    p.add_argument("--pattern", default="0", help="'<i>' or '<task>:<i>' (ftlab/prompts/patterns.py)")
+    p.add_argument("--template", default="")
+    p.add_argument("--verbalizer", default="")
+    p.add_argument("--scorer", default="auto")
+    p.add_argument("--no-suffix", action="store_true", help="causal: score only the label word, not the text after")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per evaluation example")
+    p.add_argument("--max-context", type=int, default=2048, help="in_context: prefix + example tokens")
+    p.add_argument("--order-seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int, default=0, help="evaluate the first N examples only (0 = all)")
+    p.add_argument("--out", default="")
+    p.add_argument("--progress", type=int, default=10, help="print progress every N batches (0 = never)")
+    a = p.parse_args(argv)
+
+    import jax
+    import numpy as np
+
+    from ftlab.checkpoint import load_base
+    from ftlab.data.batching import batches
+    from ftlab.models import build_model, family, init_params
+    from ftlab.prompts import encode_prompts
+    from ftlab.prompts.encode import demonstrations
+    from ftlab.tasks import get_task, kshot, resolve_data_dir
+    from ftlab.train import prompting
+
+    t0 = time.time()
+    task = get_task(a.task)
+    data_dir = resolve_data_dir(task.name, a.data_dir or None)
+    base = load_base(a.model)
+    prompt = prompting.resolve({"pattern": a.pattern, "template": a.template, "verbalizer": a.verbalizer,
+                                "scorer": a.scorer, "score_suffix": not a.no_suffix}, task, family(base.config))
+    if a.mode == "in_context" and prompt["scorer"] != "causal":
+        raise SystemExit("in_context needs a causal LM (the cloze scorer has no shared prefix)")
+    model = build_model(base.config, prompt["head"])
+    params, fresh = init_params(model, jax.random.key(0), base.params, np.zeros((1, 4), np.int32))
+    if fresh:
+        print(f"[fewshot] WARNING: {len(fresh)} head parameters are freshly initialised (no pretrained LM head): "
+              f"{fresh[:3]} ...; zero-shot scores are then meaningless", file=sys.stderr)
+    variables = {"params": params}
+    tok = base.tokenizer
+    examples = kshot.read(task, "test", data_dir, a.kshot)
+    if a.limit:
+        examples = examples[: a.limit]
+    enc = encode_prompts(examples, tok, prompt["template"], prompt["verbalizer"], task.label_names, a.max_length,
+                         prompt["scorer"], prompt["score_suffix"])
+    t_load = time.time() - t0
+
+    info: dict = {}
+    cache = None
+    if a.mode == "in_context":
+        demos = kshot.read(task, "train", data_dir, a.kshot, a.kshot_dir)
+        room = enc.max_length  # batches are padded up to max_length at most
+        prefix, kept = demonstrations(demos, tok, prompt["template"], prompt["verbalizer"], task.label_names,
+                                      a.order_seed, a.max_context - room)
+        info = {"demonstrations": kept, "of": len(demos), "prefix_tokens": len(prefix)}
+        t = time.time()
+        cache = prompting.prefill(model, variables, np.asarray(prefix[:-1], np.int32), len(prefix) - 1 + room)
+        jax.block_until_ready(cache)
+        info["prefill_seconds"] = round(time.time() - t, 2)
+
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    preds, t_score = [], time.time()
+    for b in batches(enc, a.batch_size, shuffle=False, seed=0, epoch=0, pad_id=pad, pad_to_multiple_of=16,
+                     drop_remainder=False, pad_final=True):
+        if cache is None:
+            z = prompting.score_batch(model, variables, b, task.num_labels)
+        else:
+            z = prompting.score_with_prefix(model, variables, cache, len(prefix) - 1, prefix[-1], b,
+                                            task.num_labels)
+        preds.extend(np.argmax(z, -1)[b["example_mask"] > 0].tolist())
+        if a.progress and len(preds) < len(enc) and len(preds) % (a.progress * a.batch_size) == 0:
+            right = sum(int(q == y) for q, y in zip(preds, enc.labels, strict=False))
+            print(f"[fewshot] {len(preds)}/{len(enc)} examples, accuracy so far {right / len(preds):.4f}, "
+                  f"{time.time() - t_score:.0f} s", file=sys.stderr, flush=True)
+    t_score = time.time() - t_score
+    labels = enc.labels.tolist()
+    acc = float(np.mean([p == y for p, y in zip(preds, labels, strict=True)]))
+    result = {"mode": a.mode, "task": task.name, "model": a.model, "kshot": a.kshot if a.mode == "in_context"
+              else None, "template": prompt["template"], "verbalizer": prompt["verbalizer"],
+              "scorer": prompt["scorer"], "score_suffix": prompt["score_suffix"], "order_seed": a.order_seed,
+              "eval_split": kshot.TEST_SPLIT.get(task.name), "n": len(labels), "accuracy": acc,
+              "predicted": {task.label_names[c]: preds.count(c) for c in range(task.num_labels)},
+              **info, "load_seconds": round(t_load, 1), "score_seconds": round(t_score, 1),
+              "device": jax.devices()[0].device_kind}
+    print(json.dumps(result))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
