@@ -26,11 +26,20 @@ TASKS = {  # task: (max_length, eval every N steps — about twice per epoch of 
     "mrpc": (128, 31),
     "stsb": (128, 31),
 }
-RECIPES = ("vanilla", "biascorr", "mosbach", "reinit2", "llrd", "r3f", "mixout")
+RECIPES = {  # recipe: what it changes from vanilla (dotted config keys)
+    "vanilla": {},
+    "biascorr": {"optim.bias_correction": True},
+    "mosbach": {"optim.bias_correction": True, "train.epochs": 20, "train.eval_every": 125},  # eval every 2 epochs
+    "reinit2": {"delta.method": "reinit", "delta.k": 2},
+    "llrd": {"optim.llrd": 0.9},
+    "r3f": {"reg.method": "r3f", "reg.lam": 1.0, "reg.noise": "normal", "reg.sigma": 1e-5},
+    "mixout": {"delta.method": "mixout", "delta.p": 0.9},
+}
 
 
 def get_config(variant=None):
     c = default_config()
+    c.task.name = "cola"
     c.task.train_subset = 1000
     c.task.subset_seed = 42  # the same 1,000 examples for every seed and recipe
     c.train.batch_size = 16
@@ -42,31 +51,9 @@ def get_config(variant=None):
     c.optim.warmup_ratio = 0.1
     c.optim.bias_correction = False
     c.sweep.seeds = tuple(range(1, 11))
-    if variant in (None, "runlocal"):
-        c.task.name = "cola"
-        return apply_variant(c, variant, {})
-    task, _, recipe = variant.partition("-")
-    if task not in TASKS or recipe not in RECIPES:
-        raise ValueError(f"variant {variant!r}: expected <task>-<recipe> with task in {sorted(TASKS)} and "
-                         f"recipe in {RECIPES}")
-    c.task.name = task
-    c.task.max_length, c.train.eval_every = TASKS[task]
-    if recipe in ("biascorr", "mosbach"):
-        c.optim.bias_correction = True
-    if recipe == "mosbach":
-        c.train.epochs = 20
-        c.train.eval_every = 125  # every 2 epochs
-    if recipe == "reinit2":
-        c.delta.method = "reinit"
-        c.delta.k = 2
-    if recipe == "llrd":
-        c.optim.llrd = 0.9
-    if recipe == "r3f":
-        c.reg.method = "r3f"
-        c.reg.lam = 1.0
-        c.reg.noise = "normal"
-        c.reg.sigma = 1e-5
-    if recipe == "mixout":
-        c.delta.method = "mixout"
-        c.delta.p = 0.9
-    return c
+    variants = {}
+    for task, (max_length, eval_every) in TASKS.items():
+        for recipe, changes in RECIPES.items():
+            variants[f"{task}-{recipe}"] = {"task.name": task, "task.max_length": max_length,
+                                            "train.eval_every": eval_every, **changes}
+    return apply_variant(c, variant, variants)
