@@ -310,7 +310,6 @@ def evaluate(eval_step, state: dict, base, task, enc, batch_size: int, pad_id: i
     step's outputs are the global rows in order, which is the order of this whole batch's example mask and
     labels on every process (a per-process slice would not line up with them)."""
     from ftlab.data.batching import batches
-    from ftlab.tasks import metrics as metrics_lib
 
     preds: list = []
     loss_sum = weight = 0.0
@@ -320,12 +319,22 @@ def evaluate(eval_step, state: dict, base, task, enc, batch_size: int, pad_id: i
         out = jax.device_get(eval_step(state["train"], state["fixed"], base, feed))
         loss_sum += float(out["loss_sum"])
         weight += float(out["weight"])
-        keep = batch["example_mask"] > 0
-        if task.kind == "tagging":
-            for p, lab in zip(out["pred"][keep], batch["labels"][keep]):
-                preds.append(p[lab != -100].tolist())
-        else:
-            preds.extend(out["pred"][keep].tolist())
+        preds.extend(kept_predictions(task, out["pred"], batch))
+    return split_metrics(task, enc, preds, loss_sum, weight)
+
+
+def kept_predictions(task, pred: np.ndarray, batch: dict) -> list:
+    """The predictions of a batch's real rows (padding rows dropped; tagging: the labelled tokens only)."""
+    keep = batch["example_mask"] > 0
+    if task.kind == "tagging":
+        return [p[lab != -100].tolist() for p, lab in zip(pred[keep], batch["labels"][keep])]
+    return pred[keep].tolist()
+
+
+def split_metrics(task, enc, preds: list, loss_sum: float, weight: float) -> dict:
+    """The task's metrics of `preds` (one per example of `enc`, in order) plus the mean eval loss."""
+    from ftlab.tasks import metrics as metrics_lib
+
     if task.kind == "tagging":
         refs = [np.asarray(lab)[np.asarray(lab) != -100].tolist() for lab in enc.labels]
     else:

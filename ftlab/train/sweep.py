@@ -445,7 +445,7 @@ def _vmapped(cfg: config_lib.Config, workdir: str, seeds: list[int]) -> dict[str
 def _evaluate_rows(jeval, state, shared, fresh, task, enc, batch_size: int, pad_id: int, pad_multiple: int):
     """Metrics of every seed row on an encoded split: [one dict per row], as `loop.evaluate` computes them."""
     from ftlab.data.batching import batches
-    from ftlab.tasks import metrics as metrics_lib
+    from ftlab.train.loop import kept_predictions, split_metrics
 
     n = jax.tree_util.tree_leaves(state["step"])[0].shape[0]
     preds: list[list] = [[] for _ in range(n)]
@@ -455,20 +455,6 @@ def _evaluate_rows(jeval, state, shared, fresh, task, enc, batch_size: int, pad_
         out = jax.device_get(jeval(state["train"], state["fixed"], shared, fresh, batch))
         loss_sum += np.asarray(out["loss_sum"], np.float64)
         weight += float(out["weight"][0])
-        keep = batch["example_mask"] > 0
         for r in range(n):
-            if task.kind == "tagging":
-                for p, lab in zip(out["pred"][r][keep], batch["labels"][keep]):
-                    preds[r].append(p[lab != -100].tolist())
-            else:
-                preds[r].extend(out["pred"][r][keep].tolist())
-    if task.kind == "tagging":
-        refs = [np.asarray(lab)[np.asarray(lab) != -100].tolist() for lab in enc.labels]
-    else:
-        refs = [lab.item() if hasattr(lab, "item") else lab for lab in enc.labels]
-    results = []
-    for r in range(n):
-        res = metrics_lib.compute(task, preds[r], refs)
-        res["loss"] = float(loss_sum[r] / max(weight, 1.0))
-        results.append(res)
-    return results
+            preds[r].extend(kept_predictions(task, out["pred"][r], batch))
+    return [split_metrics(task, enc, preds[r], float(loss_sum[r]), weight) for r in range(n)]
