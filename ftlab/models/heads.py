@@ -199,6 +199,8 @@ class TaskModel(nn.Module):
     Module deltas are read from the `delta` collection (see the model files); with a soft prompt of length P
     the backbone runs on P + T positions, sequence heads pool over them (BERT's pooler sees the first prompt
     vector, as with PEFT) and per-token outputs are returned for the T input tokens only.
+    `positions` [B, M] (per-token heads): the head runs at those input positions only and returns [B, M, ...]
+    (the masked LM's chosen slots: its vocabulary projection then costs M/T of the full one).
     """
 
     config: ModelConfig
@@ -235,6 +237,7 @@ class TaskModel(nn.Module):
         position_ids: Array | None = None,
         cache: dict | None = None,
         cache_index: Array | int | None = None,
+        positions: Array | None = None,
     ) -> Any:
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}; choose from {HEADS}")
@@ -262,11 +265,16 @@ class TaskModel(nn.Module):
             q_mask = attention_mask if cache is None else jnp.ones(input_ids.shape, jnp.int32)
             if num_prompt:
                 q_mask = out["mask"]
+            if positions is not None:  # per-token heads at [B, M] positions only (masked LM's chosen slots)
+                if self.head not in ("masked_lm", "causal_lm", "token_classification"):
+                    raise ValueError(f"positions= needs a per-token head, not {self.head!r}")
+                at = jnp.asarray(positions, jnp.int32) + num_prompt
+                out = {**out, "hidden": jnp.take_along_axis(out["hidden"], at[..., None], axis=1)}
             result = Head(self.config, self.head, self.num_labels, self.pooling, name="head")(
                 out, q_mask, deterministic
             )
             if not isinstance(result, dict):  # early exit returns {'logits', 'lte'}, already float32
                 result = result.astype(jnp.float32)
-        if num_prompt and self.head not in ("sequence_classification", "early_exit"):
+        if num_prompt and positions is None and self.head not in ("sequence_classification", "early_exit"):
             result = result[:, num_prompt:]  # per-token outputs are for the input tokens only
         return result if cache is None else (result, new_cache)

@@ -33,7 +33,8 @@ import numpy as np
 from ftlab.data.errors import DataError
 from ftlab.data.paths import resolve_data_dir  # re-exported: `from ftlab.tasks import resolve_data_dir`
 
-KINDS = ("classification", "regression", "tagging")
+KINDS = ("classification", "regression", "tagging", "masked_lm", "causal_lm")
+LM_KINDS = ("masked_lm", "causal_lm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,9 +59,9 @@ class Task:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"task {self.name!r}: kind {self.kind!r} not in {KINDS}")
-        if self.kind == "regression" and self.label_names:
-            raise ValueError(f"task {self.name!r}: a regression task has no label_names")
-        if self.kind != "regression" and len(self.label_names) < 2:
+        if self.kind in ("regression", *LM_KINDS) and self.label_names:
+            raise ValueError(f"task {self.name!r}: a {self.kind} task has no label_names")
+        if self.kind in ("classification", "tagging") and len(self.label_names) < 2:
             raise ValueError(f"task {self.name!r}: {self.kind} needs at least 2 label_names")
         if len(set(self.label_names)) != len(self.label_names):
             raise ValueError(f"task {self.name!r}: duplicate label_names {self.label_names}")
@@ -93,6 +94,9 @@ class Task:
 
     def read(self, split: str, data_dir: str | None = None) -> list[dict[str, Any]]:
         """Examples of `split` read from `data_dir` (None: `$FTLAB_DATA`, or the shipped copy for sst2)."""
+        if self.kind in LM_KINDS:
+            raise DataError(f"task {self.name!r} reads raw text from the config's lm section (ftlab.data.text), "
+                            "not split files")
         if self.reader == "tfds":  # no files: tfds resolves its own paths under data_dir
             return importlib.import_module("ftlab.tasks.tfds").read(self, split, data_dir)
         from ftlab.tasks import readers  # readers import Task for type hints only; import here avoids a cycle
@@ -237,6 +241,10 @@ TASKS: dict[str, Task] = {
         encoding="latin-1",
     ),
     # IMDB (Maas et al. 2011) as "label rating id text" TSVs; there is no dev split.
+    # Language-model stages (domain/task-adaptive pre-training): the text comes from the config's `lm` section
+    # (ftlab.data.text, ftlab.train.lm); the metrics are the eval text's loss and perplexity (lower is better).
+    "mlm": Task("mlm", "masked_lm", (), ("perplexity", "loss"), "perplexity", {}, "text"),
+    "clm": Task("clm", "causal_lm", (), ("perplexity", "loss"), "perplexity", {}, "text"),
     "imdb": _glue(
         "imdb",
         ("imdb",),

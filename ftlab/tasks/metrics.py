@@ -189,5 +189,15 @@ def compute(task: Task, predictions: Any, references: Any) -> dict[str, float]:
     return {m: _SCALAR[m](pred, ref) for m in task.metrics}
 
 
+LOWER_IS_BETTER = ("perplexity", "loss")
+
+
+def improved(metric: str, new: float, old: float | None) -> bool:
+    """Whether `new` beats `old` (None: nothing yet) on `metric`: lower perplexity/loss, higher anything else."""
+    if old is None:
+        return True
+    return new < old if metric in LOWER_IS_BETTER else new > old
+
+
 def _is_2d(x: Any) -> bool:
     return isinstance(x, np.ndarray) and x.ndim == 2 or (hasattr(x, "shape") and len(x.shape) == 2)

@@ -131,3 +131,16 @@ def read(task: Task, split: str, data_dir: str | None) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def read_texts(name: str, split: str, field: str, data_dir: str | None) -> list[str]:
+    """The `field` of every row of a prepared tfds dataset's split (LM text sources, ftlab.data.text)."""
+    src = tfds_source.data_source(name, split, data_dir)
+    out = []
+    for i in range(len(src)):
+        row = src[i]
+        if field not in row:
+            raise DataError(f"tfds:{name}/{split}[{i}]: no feature {field!r} (config key lm.field); "
+                            f"features: {sorted(row)}")
+        out.append(_text(row[field]))
+    return out

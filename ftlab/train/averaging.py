@@ -131,9 +131,11 @@ def eval_state(state: Mapping[str, Any], weights: str) -> dict[str, Any]:
 
 def update_best(best: Mapping[str, Any] | None, step: int, metrics: Mapping[str, float],
                 main_metric: str) -> dict[str, Any]:
-    """{'score', 'step', 'metrics'} of the best eval so far (higher main metric is better)."""
+    """{'score', 'step', 'metrics'} of the best eval so far (lower perplexity/loss, else higher, is better)."""
+    from ftlab.tasks.metrics import improved
+
     score = metrics[main_metric]
-    if best is None or best.get("score") is None or score > best["score"]:
+    if best is None or improved(main_metric, score, best.get("score")):
         return {"score": score, "step": step, "metrics": dict(metrics)}
     return dict(best)
 

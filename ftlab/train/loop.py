@@ -35,6 +35,7 @@ from ftlab import config as config_lib
 from ftlab import deltas, parallel, tree
 from ftlab.checkpoint import delta_io
 from ftlab.checkpoint import train_state as ckpt
+from ftlab.tasks import metrics as metrics_lib
 from ftlab.train import averaging
 from ftlab.train import step as step_lib
 
@@ -61,6 +62,9 @@ def default_config() -> config_lib.Config:
             remat="none",           # recompute in the backward pass: none | full | dots | dots_no_batch
             attention="xla",        # xla (explicit) | cudnn (fused flash attention, GPU bf16) | jax
             pooling="default",      # sequence heads: default | pooler | cls | mean | last
+            head="keep",            # keep: a head the base checkpoint carries is loaded (it must fit the task);
+                                    # new: the base's head is dropped and the task head freshly initialised
+                                    # (e.g. after an intermediate task, or an MLM stage's exported folder)
         ),
         task=config_lib.Config(
             name="sst2",            # see ftlab.tasks (glue tasks, conll2003, sst5, ...)
@@ -68,6 +72,7 @@ def default_config() -> config_lib.Config:
             max_length=128,         # tokens after truncation
             train_subset=0,         # >0: train on this many examples drawn with subset_seed
             subset_seed=42,
+            eval_subset=0,          # >0: evaluate on this many examples of eval_split drawn with subset_seed + 1
             eval_split="dev",
             kshot="",               # "<K>-<seed>" (e.g. "16-42"): LM-BFF K-shot train/dev (ftlab.tasks.kshot);
                                     # eval_split 'test' is then the task's original evaluation set
@@ -76,6 +81,9 @@ def default_config() -> config_lib.Config:
         # Prompt-based fine-tuning (ftlab.train.prompting): CE over label-word scores of an LM head, no new
         # head. Off while pattern and template are both ''.
         prompt=config_lib.Config(**_prompt_defaults()),
+        # Language-model text (ftlab.data.text, ftlab.train.lm): the sources, packing and masking of an LM stage
+        # (task.name mlm | clm: domain- or task-adaptive pre-training).
+        lm=config_lib.Config(**_lm_defaults()),
         delta=config_lib.Config(method="full"),  # plus the method's own keys (ftlab/deltas/<method>.py)
         optim=config_lib.Config(**{k: v for k, v in optim.DEFAULTS.items()}),
         train=config_lib.Config(
@@ -129,6 +137,9 @@ def default_config() -> config_lib.Config:
         # stop_fraction/keep (after that fraction of the steps only the `keep` best seeds go on). A single
         # `ftlab train` run ignores this section.
         sweep=config_lib.Config(**_sweep_defaults()),
+        # Staged runs (ftlab.train.stages): a list of {'name', 'dotted.key': value, ...} (overrides of this config)
+        # run in order by `ftlab train`, each stage starting from the previous one's merged weights.
+        stages=(),
     )
 
 
@@ -155,6 +166,21 @@ def eval_scores(cfg: config_lib.Config, task, base_config):
     return prompting.make_scores(task.num_labels)
 
 
+def _lm_defaults() -> dict[str, Any]:
+    from ftlab.train import lm
+
+    return dict(lm.DEFAULTS)
+
+
+def lm_transform(cfg: config_lib.Config, task, base):
+    """The masked-LM step's masking transform for an mlm stage, else None."""
+    if task.kind != "masked_lm":
+        return None
+    from ftlab.train import lm
+
+    return lm.make_mlm_transform(dict(cfg.lm), base.tokenizer, base.config.vocab_size)
+
+
 def _exit_defaults() -> dict[str, Any]:
     from ftlab import exits
 
@@ -173,7 +199,7 @@ def _exit_routine(cfg: config_lib.Config) -> str:
 
 # --------------------------------------------------------------------------------------------------------
 TASK_HEADS = {"classification": "sequence_classification", "regression": "sequence_classification",
-              "tagging": "token_classification"}
+              "tagging": "token_classification", "masked_lm": "masked_lm", "causal_lm": "causal_lm"}
 
 
 def prepare(cfg: config_lib.Config, head: str | None = None) -> dict[str, Any]:
@@ -199,13 +225,54 @@ def prepare(cfg: config_lib.Config, head: str | None = None) -> dict[str, Any]:
     model = build_model(model_config, head=head or TASK_HEADS[task.kind], num_labels=task.num_labels,
                         pooling=cfg.model.pooling)
     example = jnp.ones((1, 8), jnp.int32)
-    params, fresh = init_params(model, jax.random.fold_in(jax.random.key(cfg.seed), 1), base.params, example)
+    base_params = base.params
+    head_rule = cfg.model.get("head", "keep")
+    if head_rule not in ("keep", "new"):
+        raise config_lib.ConfigError(f"model.head={head_rule!r}: choose keep or new")
+    if head_rule == "new":
+        base_params = {k: v for k, v in base_params.items() if k != "head"}
+    try:
+        params, fresh = init_params(model, jax.random.fold_in(jax.random.key(cfg.seed), 1), base_params, example)
+    except ValueError as e:
+        if "head/" not in str(e):
+            raise
+        raise ValueError(f"{cfg.model.name}: its head does not fit this task's ({e}); "
+                         "set model.head=new to start a fresh head") from None
     return {"task": task, "base": base, "model": model, "params": params, "fresh_paths": list(fresh)}
+
+
+def _load_lm_split(cfg, task, tokenizer, split: str):
+    """An LM stage's split: documents of the `lm` section's sources, packed (ftlab.data.text).
+
+    Evaluation text: the last `lm.heldout` documents of `lm.eval` (or of `lm.train` when eval is '' or the
+    same source; they are then excluded from training; heldout 0 = all of lm.eval)."""
+    from ftlab.data import text
+    from ftlab.train import lm as lm_lib
+
+    lm = lm_lib.check_config(dict(cfg.lm))
+    data_dir = cfg.task.data_dir or None
+    read = lambda src, n=0: text.read_documents(src, data_dir, lm["field"], n, cfg.task.subset_seed)  # noqa: E731
+    same = lm["eval"] in ("", lm["train"])
+    if split == "train":
+        if same:
+            docs = text.split_heldout(read(lm["train"]), lm["heldout"])[0]
+            docs = docs[:lm["max_documents"]] if lm["max_documents"] else docs
+        else:
+            docs = read(lm["train"], lm["max_documents"])
+    else:
+        docs = read(lm["train"] if same else lm["eval"])
+        if same or lm["heldout"]:
+            docs = text.split_heldout(docs, lm["heldout"])[1] if same else docs[-lm["heldout"]:]
+    objective = "mlm" if task.kind == "masked_lm" else "clm"
+    return docs, text.pack(docs, tokenizer, lm["block_size"], objective)
 
 
 def _load_split(cfg, task, tokenizer, split: str, subset: int = 0, model_config=None):
     from ftlab.data.tokenize import encode
-    from ftlab.tasks import resolve_data_dir
+    from ftlab.tasks import LM_KINDS, resolve_data_dir
+
+    if task.kind in LM_KINDS:
+        return _load_lm_split(cfg, task, tokenizer, split)
 
     data_dir = resolve_data_dir(task.name, cfg.task.data_dir or None)
     if cfg.task.get("kshot"):
@@ -214,8 +281,9 @@ def _load_split(cfg, task, tokenizer, split: str, subset: int = 0, model_config=
         examples = kshot.read(task, split, data_dir, cfg.task.kshot, cfg.task.get("kshot_dir", ""))
     else:
         examples = task.read(split, data_dir)
-    if subset and subset < len(examples):
-        idx = np.random.default_rng(cfg.task.subset_seed).permutation(len(examples))[:subset]
+    if subset and subset < len(examples):  # eval subsets are drawn with the next seed (disjoint draws of one file)
+        seed = cfg.task.subset_seed + (split != "train")
+        idx = np.random.default_rng(seed).permutation(len(examples))[:subset]
         examples = [examples[i] for i in sorted(idx)]
     max_pos = getattr(model_config, "max_position_embeddings", None) if model_config is not None else None
     prompt = _prompt(cfg, task, model_config) if model_config is not None else None
@@ -326,6 +394,8 @@ def evaluate(eval_step, state: dict, base, task, enc, batch_size: int, pad_id: i
 def kept_predictions(task, pred: np.ndarray, batch: dict) -> list:
     """The predictions of a batch's real rows (padding rows dropped; tagging: the labelled tokens only)."""
     keep = batch["example_mask"] > 0
+    if task.kind in ("masked_lm", "causal_lm"):  # LM metrics come from the loss alone
+        return []
     if task.kind == "tagging":
         return [p[lab != -100].tolist() for p, lab in zip(pred[keep], batch["labels"][keep])]
     return pred[keep].tolist()
@@ -335,6 +405,10 @@ def split_metrics(task, enc, preds: list, loss_sum: float, weight: float) -> dic
     """The task's metrics of `preds` (one per example of `enc`, in order) plus the mean eval loss."""
     from ftlab.tasks import metrics as metrics_lib
 
+    if task.kind in ("masked_lm", "causal_lm"):
+        from ftlab.train import lm
+
+        return lm.lm_metrics(loss_sum, weight)
     if task.kind == "tagging":
         refs = [np.asarray(lab)[np.asarray(lab) != -100].tolist() for lab in enc.labels]
     else:
@@ -376,13 +450,14 @@ def init_delta(cfg: config_lib.Config, prep: dict[str, Any]) -> dict[str, Any]:
 
 
 def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_steps: int,
-                  kind: str, mesh=None, jit: bool = True) -> dict[str, Any]:
+                  kind: str, mesh=None, jit: bool = True, transform=None) -> dict[str, Any]:
     """Optimizer, initial (donated) train state and jitted steps for δ `d` (from `init_delta`) on θ₀ `params`:
     {'state', 'train_step', 'eval_step', 'lr_schedule', 'shardings'}. `kind`: the loss (a task kind, or
     'causal_lm'). `mesh` with more than one device: the state comes back laid out on it, the steps are jitted
     with `shardings` ({'state', 'base', 'batch'} from `parallel.train_shardings`; θ₀ is the caller's to lay
     out with `shardings['base']`); otherwise `shardings` is None and everything is as on one device.
-    `jit=False`: the steps are the plain functions (a seed sweep vmaps them, ftlab.train.sweep)."""
+    `jit=False`: the steps are the plain functions (a seed sweep vmaps them, ftlab.train.sweep).
+    `transform`: the batch rewrite of both steps (an mlm stage's masking, `lm_transform`)."""
     from ftlab import optim
     from ftlab.deltas.subset import num_layers
 
@@ -432,8 +507,9 @@ def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_
     train_step = step_lib.make_train_step(d["model"], delta_mod, tx, kind, cfg.train.on_nonfinite, shardings=sh,
                                           accum_steps=cfg.train.grad_accum, total_steps=total_steps,
                                           loss=loss, ema_decay=ema_decay, ema_warmup=ema_warmup, reg=reg,
-                                          jit=jit)
-    eval_step = step_lib.make_eval_step(d["model"], delta_mod, kind, shardings=sh, jit=jit, scores=scores)
+                                          jit=jit, transform=transform)
+    eval_step = step_lib.make_eval_step(d["model"], delta_mod, kind, shardings=sh, jit=jit, scores=scores,
+                                        transform=transform)
     return {"state": state, "train_step": train_step, "eval_step": eval_step, "lr_schedule": lr_schedule,
             "shardings": sh}
 
@@ -478,7 +554,8 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
     tokenizer = base.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     _, train_enc = _load_split(cfg, task, tokenizer, "train", cfg.task.train_subset, base.config)
-    _, eval_enc = _load_split(cfg, task, tokenizer, cfg.task.eval_split, 0, base.config)
+    _, eval_enc = _load_split(cfg, task, tokenizer, cfg.task.eval_split, cfg.task.get("eval_subset", 0),
+                              base.config)
     steps_per_epoch = num_batches(len(train_enc), tc.batch_size, drop_remainder=True)
     if steps_per_epoch == 0:
         raise ValueError(f"train set has {len(train_enc)} examples, fewer than one batch of {tc.batch_size}")
@@ -486,7 +563,7 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
     eval_every = tc.eval_every or steps_per_epoch
 
     # 4. Optimizer and steps (on the mesh: state, θ₀ and each batch laid out by `sh`) ------------------------
-    t = init_training(cfg, params, d, total_steps, task.kind, mesh)
+    t = init_training(cfg, params, d, total_steps, task.kind, mesh, transform=lm_transform(cfg, task, base))
     state, train_step, eval_step, lr_schedule = t["state"], t["train_step"], t["eval_step"], t["lr_schedule"]
     sh = t["shardings"]
     base_params = params  # θ₀ (with the fresh head's initial values); never donated, never updated
@@ -580,7 +657,7 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
                                             parallel.to_host(state["train"]), keep=avg_k)
                 last_eval = evals[ema_eval]
                 score = last_eval[task.main_metric]
-                if meta["best_score"] is None or score > meta["best_score"]:
+                if metrics_lib.improved(task.main_metric, score, meta["best_score"]):
                     meta.update(best_score=score, best_step=step, bad_evals=0, best_metrics=last_eval)
                     best_delta = parallel.to_host(tree.merge(averaging.eval_state(state, ema_eval)["train"],
                                                              state["fixed"]))  # all processes

@@ -33,6 +33,8 @@ def model_inputs(batch: dict) -> dict:
     kw = {"attention_mask": batch["attention_mask"]}
     if "token_type_ids" in batch:
         kw["token_type_ids"] = batch["token_type_ids"]
+    if "positions" in batch:  # the masked LM's chosen slots (ftlab.train.lm)
+        kw["positions"] = batch["positions"]
     return kw
 
 
@@ -61,11 +63,13 @@ def delta_penalty(delta_mod: ModuleType, total_steps: int | None = None) -> Call
 
 
 def make_loss_fn(model: nn.Module, delta_mod: ModuleType, kind: str, total_steps: int | None = None,
-                 loss: Callable | None = None) -> Callable:
+                 loss: Callable | None = None, transform: Callable | None = None) -> Callable:
     """loss_fn(train, fixed, base, batch, rng, step) -> (loss, aux).
 
     `loss(logits, batch, step) -> (loss, aux)` replaces `losses.compute(kind, ...)` (e.g. early exit's
-    combination of the exits' losses, which may depend on the step)."""
+    combination of the exits' losses, which may depend on the step).
+    `transform(batch, rng) -> batch` rewrites the batch first, with its own key split from the step's
+    (the masked LM draws its masks there: ftlab.train.lm.make_mlm_transform)."""
     penalty = delta_penalty(delta_mod, total_steps)
     stochastic = getattr(delta_mod, "STOCHASTIC", False)
     if loss is None:
@@ -76,6 +80,9 @@ def make_loss_fn(model: nn.Module, delta_mod: ModuleType, kind: str, total_steps
         delta_rng = None
         if stochastic:  # a stochastic delta samples with its own key in training
             rng, delta_rng = jax.random.split(rng)
+        if transform is not None:
+            rng, t_rng = jax.random.split(rng)
+            batch = transform(batch, t_rng)
         variables = apply_delta(delta_mod, base, delta, delta_rng, step, total_steps)
         logits = model.apply(variables, batch["input_ids"], deterministic=False, rngs={"dropout": rng},
                              **model_inputs(batch))
@@ -135,7 +142,8 @@ def accumulated_value_and_grad(loss_fn: Callable, accum_steps: int, penalty: Cal
 def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientTransformation, kind: str,
                     on_nonfinite: str = "stop", shardings: dict | None = None, accum_steps: int = 1,
                     total_steps: int | None = None, loss: Callable | None = None, ema_decay: float = 0.0,
-                    ema_warmup: bool = False, reg: dict | None = None, jit: bool = True) -> Callable:
+                    ema_warmup: bool = False, reg: dict | None = None, jit: bool = True,
+                    transform: Callable | None = None) -> Callable:
     """jit(step)(state, base, batch) -> (state, metrics); `state` is donated.
 
     `reg`: the config's `reg` section (ftlab.train.regularizers: R3F/R4F, SMART, FreeLB) replaces the plain
@@ -149,15 +157,18 @@ def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientT
     output layouts: the new state comes back laid out as the old one (so step two reuses the compilation and
     donation reuses the buffers) and the metrics replicated (readable on every host).
 
-    `total_steps` reaches SCHEDULED deltas (pruning's sparsity schedule); `loss` as for `make_loss_fn`.
+    `total_steps` reaches SCHEDULED deltas (pruning's sparsity schedule); `loss`, `transform` as for
+    `make_loss_fn`.
 
     `ema_decay` > 0: the step also updates `state['ema']` (`averaging.ema_update`, with `ema_warmup`); a
     skipped non-finite step leaves it unchanged (array ops only: the plain function stays vmappable)."""
-    loss_fn = make_loss_fn(model, delta_mod, kind, total_steps, loss)
+    loss_fn = make_loss_fn(model, delta_mod, kind, total_steps, loss, transform)
     regularizer = None
     if reg is not None and reg.get("method", "none") != "none":
         from ftlab.train import regularizers
 
+        if transform is not None:
+            raise ValueError("the embedding-perturbation regularisers do not support LM objectives (reg.method)")
         regularizers.check_training(reg, accum_steps)
         regularizer = regularizers.build(reg, model, delta_mod, kind, total_steps, loss)
         value_and_grad = regularizer["value_and_grad"]
@@ -217,16 +228,20 @@ def make_train_step(model: nn.Module, delta_mod: ModuleType, tx: optax.GradientT
 
 
 def make_eval_step(model: nn.Module, delta_mod: ModuleType, kind: str, shardings: dict | None = None,
-                   jit: bool = True, scores: Callable | None = None, with_scores: bool = False) -> Callable:
+                   jit: bool = True, scores: Callable | None = None, with_scores: bool = False,
+                   transform: Callable | None = None) -> Callable:
     """jit(eval)(train, fixed, base, batch) -> {'pred', 'loss_sum', 'weight'} (`jit=False`: the plain function).
 
     `shardings` as for `make_train_step`; the outputs are then replicated (every host reads all rows).
     `scores(logits, batch) -> [B, C]` turns the model's outputs into class scores first (prompt-based models:
     label-word scores from LM logits, `ftlab.train.prompting.make_scores`).
     `with_scores`: the outputs also hold 'scores', what a snapshot ensemble averages (`averaging.ensemble_outputs`):
-    class probabilities [B, C] (classification) / [B, T, C] (tagging), predicted values [B] (regression)."""
+    class probabilities [B, C] (classification) / [B, T, C] (tagging), predicted values [B] (regression).
+    `transform(batch, None)` rewrites each batch first (the masked LM's fixed evaluation masks)."""
 
     def eval_step(train, fixed, base, batch):
+        if transform is not None:
+            batch = transform(batch, None)
         delta = tree.merge(train, fixed) if fixed else train
         variables = delta_mod.apply(base, delta)
         logits = model.apply(variables, batch["input_ids"], deterministic=True, **model_inputs(batch))

@@ -52,6 +52,7 @@ import numpy as np
 from ftlab import config as config_lib
 from ftlab import tree
 from ftlab.checkpoint import train_state as ckpt
+from ftlab.tasks import metrics as metrics_lib
 
 DEFAULTS = {"seeds": (), "mode": "vmap", "stop_fraction": 0.0, "keep": 0}
 MODES = ("vmap", "sequential")
@@ -285,7 +286,8 @@ def _vmapped(cfg: config_lib.Config, workdir: str, seeds: list[int]) -> dict[str
     tokenizer = base.tokenizer
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     _, train_enc = loop._load_split(cfg, task, tokenizer, "train", cfg.task.train_subset, base.config)
-    _, eval_enc = loop._load_split(cfg, task, tokenizer, cfg.task.eval_split, 0, base.config)
+    _, eval_enc = loop._load_split(cfg, task, tokenizer, cfg.task.eval_split, cfg.task.get("eval_subset", 0),
+                                   base.config)
     steps_per_epoch = num_batches(len(train_enc), tc.batch_size, drop_remainder=True)
     if steps_per_epoch == 0:
         raise ValueError(f"train set has {len(train_enc)} examples, fewer than one batch of {tc.batch_size}")
@@ -347,7 +349,8 @@ def _vmapped(cfg: config_lib.Config, workdir: str, seeds: list[int]) -> dict[str
             s = str(seeds[row])
             logger.log(step, "eval", {"seed": seeds[row], **res})
             meta["curves"][s].append([step, res[task.main_metric]])
-            if s not in meta["best"] or res[task.main_metric] > meta["best"][s]["score"]:
+            if s not in meta["best"] or metrics_lib.improved(task.main_metric, res[task.main_metric],
+                                                                  meta["best"][s]["score"]):
                 meta["best"][s] = {"score": res[task.main_metric], "step": step, "metrics": res}
             meta["best"][s]["final"] = res
         scores = ", ".join(f"{seeds[r]}:{res[task.main_metric]:.4f}" for r, res in zip(alive, results))
