@@ -6,7 +6,7 @@ reviews (task.train_subset=500, subset_seed 42) fine-tuned from
   :direct  all-MiniLM-L6-v2 as released
   :dapt    MiniLM after the :dapt stages of configs/imdb_mlm.py (MLM on 20k IMDB unlabeled reviews)
   :tapt    MiniLM after the :tapt stages (MLM on the text of these 500 reviews)
-evaluated on 2000 reviews of the IMDB test split (task.eval_subset, drawn with seed 43). Reviews are
+evaluated once, at the end, on 1000 reviews of the IMDB test split (task.eval_subset, drawn with seed 43). Reviews are
 truncated to their first 128 tokens (a CPU budget; most are longer). Seeds 1, 2, 3.
 Commands (the adapted models first, then export their last stage as a Hugging Face folder):
   FTLAB_DATA=../shared/data python scripts/train.py --config configs/imdb_mlm.py:dapt --workdir runs/imdb/dapt
@@ -23,12 +23,13 @@ def get_config(variant=None):
     c.task.name = "imdb"
     c.task.train_subset = 500
     c.task.eval_split = "test"
-    c.task.eval_subset = 2000
+    c.task.eval_subset = 1000
     c.task.max_length = 128
     c.model.pooling = "mean"  # all-MiniLM-L6-v2 was trained with mean pooling
     c.model.head = "new"      # the adapted folders carry an MLM head: start a classifier
     c.delta.method = "full"
-    c.train.epochs = 4
+    c.train.epochs = 3
+    c.train.eval_every = 10_000  # only at the end (the last step always evaluates)
     c.train.batch_size = 16
     c.train.eval_batch_size = 64
     c.train.checkpoint_every = 0

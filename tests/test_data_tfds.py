@@ -140,3 +140,14 @@ def test_tfds_tagging_and_dev_alias(tfds_dir):
     assert task.read("dev", tfds_dir) == [
         {"tokens": ["Ada", "Lovelace", "wrote"], "tags": [1, 2, 0], "source": "tfds:tiny_ner/validation[0]"}
     ]
+
+
+def test_tfds_text_source_for_lm_stages(tfds_dir):
+    """tfds:<name>/<config>:<split> as an LM text source (ftlab.data.text): the feature's strings, in order."""
+    from ftlab.data import DataError
+    from ftlab.data.text import read_documents
+
+    docs = read_documents("tfds:glue/sst2:train", data_dir=tfds_dir, field="sentence")
+    assert sorted(docs) == sorted(f"sentence {i} café" for i in range(6))
+    with pytest.raises(DataError, match="no feature 'text'"):
+        read_documents("tfds:glue/sst2:train", data_dir=tfds_dir)

@@ -238,3 +238,21 @@ def test_minilm_mlm_is_minilm_with_the_shipped_head(tmp_path, monkeypatch):
     monkeypatch.setitem(hf.HEAD_ADDONS, "tiny-mlm", ("minilm", "nowhere"))
     with pytest.raises(FileNotFoundError):
         load_base("tiny-mlm")
+
+
+@pytest.mark.slow
+def test_clm_stage_on_smollm2(tmp_path, hf_offline):
+    """A causal-LM stage of the real SmolLM2 through the loop: next-token loss on packed rows, perplexity."""
+    from ftlab.train.loop import train_and_evaluate
+
+    path = tmp_path / "docs.txt"
+    path.write_text("\n".join(f"Review {i}: the film was {'good' if i % 2 else 'bad'}." for i in range(60)) + "\n")
+    cfg = config_lib.load(os.path.join(REPO, "configs", "imdb_clm.py"))
+    cfg = config_lib.apply_overrides(cfg, [f"lm.train={path}", "lm.heldout=6", "lm.max_documents=0",
+                                           "lm.block_size=32", "train.batch_size=2", "train.max_steps=4",
+                                           "train.eval_every=2", "train.log_every=2", "train.checkpoint_every=0",
+                                           "train.progress=false", "optim.lr=1e-4", "train.export_delta=none"])
+    res = train_and_evaluate(cfg, str(tmp_path / "run"))
+    evals = [json.loads(ln) for ln in open(tmp_path / "run" / "metrics.jsonl") if '"eval"' in ln]
+    assert res["task"] == "clm" and len(evals) == 2
+    assert evals[1]["perplexity"] < evals[0]["perplexity"]
