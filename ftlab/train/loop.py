@@ -77,6 +77,10 @@ def default_config() -> config_lib.Config:
             kshot="",               # "<K>-<seed>" (e.g. "16-42"): LM-BFF K-shot train/dev (ftlab.tasks.kshot);
                                     # eval_split 'test' is then the task's original evaluation set
             kshot_dir="",           # '' = sample the split now (checked against the committed md5 manifest)
+            # Counterfactual data augmentation of the train split (ftlab.data.counterfactual; Lu et al. 2018):
+            augment="none",         # none | cda (swap gendered words and first names from a word-pair list)
+            augment_mode="add",     # add: original + swapped copy (two-sided CDA) | replace: swapped copy only
+            augment_pairs="",       # '' = the shipped list (ftlab/assets/cda/gender_pairs.tsv), else a path
         ),
         # Prompt-based fine-tuning (ftlab.train.prompting): CE over label-word scores of an LM head, no new
         # head. Off while pattern and template are both ''.
@@ -285,6 +289,8 @@ def _load_split(cfg, task, tokenizer, split: str, subset: int = 0, model_config=
         seed = cfg.task.subset_seed + (split != "train")
         idx = np.random.default_rng(seed).permutation(len(examples))[:subset]
         examples = [examples[i] for i in sorted(idx)]
+    if split == "train":  # after the subset is drawn, so a subset's examples are the same with and without
+        examples = _augment(cfg, examples)
     max_pos = getattr(model_config, "max_position_embeddings", None) if model_config is not None else None
     prompt = _prompt(cfg, task, model_config) if model_config is not None else None
     if prompt is not None:
@@ -308,6 +314,21 @@ def _load_split(cfg, task, tokenizer, split: str, subset: int = 0, model_config=
                                         task.label_names, cfg.task.max_length, prompt["scorer"],
                                         prompt["score_suffix"], variants)
     return examples, encode(examples, tokenizer, task, cfg.task.max_length, model_max_positions=max_pos)
+
+
+def _augment(cfg, examples: list) -> list:
+    """The train examples with counterfactual augmentation applied (config task.augment*; off in configs saved
+    before it existed)."""
+    from ftlab.data import counterfactual
+
+    augment, mode, pairs = counterfactual.check_config(cfg.task)
+    if augment == "none":
+        return examples
+    out, n = counterfactual.augment(examples, mode, counterfactual.load_pairs(pairs))
+    if jax.process_index() == 0:
+        print(f"[ftlab] counterfactual augmentation ({augment}, {mode}): {n:,} of {len(examples):,} train examples "
+              f"hold a listed word -> {len(out):,} train examples", file=sys.stderr)
+    return out
 
 
 def _peak_rss_mb() -> float:
