@@ -12,14 +12,17 @@ Reported per run and probe:
                  for more than two classes, the total-variation distance ½·Σ_c |Δp_c|
   probe accuracy on the original and on the swapped sides (against the original label)
   dev accuracy   the run's own results.json (its best or final eval, as `ftlab train` printed it)
-plus, per value of task.augment, the mean and sample standard deviation over the runs. Writes OUT.json (with
-the per-pair probabilities) and OUT.md (the tables); prints the markdown.
+plus, per value of task.augment, the mean and sample standard deviation over the runs, and for runs of the same
+seed with and without augmentation a paired count: on how many pairs |Δp| is smaller with augmentation (two-sided
+exact sign test). Writes OUT.json (statistics, and the flipped pairs with their probabilities) and OUT.md (the
+tables); prints the markdown.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -81,12 +84,12 @@ def probe_run(workdir: str, probes: dict[str, list[dict]], delta_dir: str = "del
         flips = pred_orig != pred_swap
         run["probes"][name] = {
             "n_pairs": n, "flips": int(flips.sum()), "flip_rate": float(flips.mean()),
-            "mean_abs_dp": float(dp.mean()), "max_abs_dp": float(dp.max()),
+            "mean_abs_dp": float(dp.mean()), "median_abs_dp": float(np.median(dp)), "max_abs_dp": float(dp.max()),
             "probe_accuracy_original": float((pred_orig == labels).mean()),
             "probe_accuracy_swapped": float((pred_swap == labels).mean()),
             "pairs": [{"id": r["id"], "p_original": [round(float(x), 6) for x in po],
-                       "p_swapped": [round(float(x), 6) for x in ps], "flipped": bool(fl)}
-                      for r, po, ps, fl in zip(probe, p_orig, p_swap, flips)],
+                       "p_swapped": [round(float(x), 6) for x in ps], "abs_dp": float(d), "flipped": bool(fl)}
+                      for r, po, ps, d, fl in zip(probe, p_orig, p_swap, dp, flips)],
         }
     return run
 
@@ -98,6 +101,42 @@ def _mean_std(xs: list[float | None]) -> str:
     if len(xs) == 1:
         return f"{xs[0]:.4f}"
     return f"{np.mean(xs):.4f} ± {np.std(xs, ddof=1):.4f}"
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test p-value of `wins` vs `losses` (ties dropped) under p = 1/2."""
+    n, k = wins + losses, min(wins, losses)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired(runs: list[dict], name: str) -> list[dict]:
+    """For each seed run both without augmentation and with it: on how many pairs |Δp| is smaller with it."""
+    base = {r["seed"]: r for r in runs if r["augment"] == "none"}
+    out = []
+    for r in runs:
+        if r["augment"] == "none" or r["seed"] not in base:
+            continue
+        a, b = (np.array([x["abs_dp"] for x in run["probes"][name]["pairs"]]) for run in (base[r["seed"]], r))
+        wins, losses = int((b < a).sum()), int((b > a).sum())
+        out.append({"seed": r["seed"], "augment": _aug(r), "smaller": wins, "larger": losses,
+                    "ties": int(len(a) - wins - losses), "sign_test_p": sign_test(wins, losses)})
+    return out
+
+
+def _summary(run: dict, probes: dict[str, list[dict]]) -> dict:
+    """A run's result for the JSON file: per probe the statistics and the flipped pairs (not every pair)."""
+    out = {k: v for k, v in run.items() if k != "probes"}
+    out["probes"] = {}
+    for name, q in run["probes"].items():
+        rows = {r["id"]: r for r in probes[name]}
+        out["probes"][name] = {k: v for k, v in q.items() if k != "pairs"}
+        out["probes"][name]["flipped"] = [
+            {"id": x["id"], "swaps": rows[x["id"]]["swaps"], "p_original": x["p_original"],
+             "p_swapped": x["p_swapped"]} for x in q["pairs"] if x["flipped"]]
+    return out
 
 
 def _aug(r: dict) -> str:
@@ -123,14 +162,21 @@ def markdown(runs: list[dict], probe_paths: dict[str, str]) -> str:
         for r in runs:
             groups.setdefault(_aug(r), []).append(r)
         lines += ["", "Mean ± sample std over runs:", "",
-                  "| augment | runs | seeds | dev acc | flips (total) | flip rate | mean \\|Δp\\| |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| augment | runs | seeds | dev acc | flips (total) | flip rate | mean \\|Δp\\| | median \\|Δp\\| |",
+                  "|---|---|---|---|---|---|---|---|"]
         for g, rs in groups.items():
             qs = [r["probes"][name] for r in rs]
             lines.append(f"| {g} | {len(rs)} | {', '.join(str(r['seed']) for r in rs)} | "
                          f"{_mean_std([r['dev_score'] for r in rs])} | {sum(q['flips'] for q in qs)}/"
                          f"{sum(q['n_pairs'] for q in qs)} | {_mean_std([q['flip_rate'] for q in qs])} | "
-                         f"{_mean_std([q['mean_abs_dp'] for q in qs])} |")
+                         f"{_mean_std([q['mean_abs_dp'] for q in qs])} | {_mean_std([q['median_abs_dp'] for q in qs])} |")
+        pairs = paired(runs, name)
+        if pairs:
+            lines += ["", "Paired by seed (the same pairs, with vs without augmentation): pairs whose |Δp| is smaller "
+                      "/ larger with augmentation, and the two-sided sign test.", "",
+                      "| seed | augment | smaller | larger | ties | sign test p |", "|---|---|---|---|---|---|"]
+            lines += [f"| {x['seed']} | {x['augment']} | {x['smaller']} | {x['larger']} | {x['ties']} | "
+                      f"{x['sign_test_p']:.3g} |" for x in pairs]
         lines.append("")
     return "\n".join(lines)
 
@@ -160,7 +206,8 @@ def main(argv=None) -> int:
     if a.out:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)) or ".", exist_ok=True)
         with open(a.out + ".json", "w") as f:
-            json.dump({"probes": shown, "runs": runs}, f, indent=1)
+            json.dump({"probes": shown, "paired": {name: paired(runs, name) for name in shown},
+                       "runs": [_summary(r, probes) for r in runs]}, f, indent=1)
             f.write("\n")
         with open(a.out + ".md", "w") as f:
             f.write(md)
