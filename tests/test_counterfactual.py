@@ -239,6 +239,9 @@ def test_loop_hook_augments_the_train_split_only(capsys, tmp_path):
     cfg.task.augment = "swap"
     with pytest.raises(config_lib.ConfigError, match="task.augment='swap'"):
         loop._load_split(cfg, task, tok, "train", 300)
+    cfg.task.augment = "cda"
+    with pytest.raises(config_lib.ConfigError, match="LM text .task 'mlm'. is not augmented"):
+        loop._load_split(cfg, get_task("mlm"), tok, "train", 0)
 
 
 # ---------------------------------------------------------------------------------------------- probe set

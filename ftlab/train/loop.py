@@ -276,6 +276,9 @@ def _load_split(cfg, task, tokenizer, split: str, subset: int = 0, model_config=
     from ftlab.tasks import LM_KINDS, resolve_data_dir
 
     if task.kind in LM_KINDS:
+        if split == "train" and cfg.task.get("augment", "none") != "none":  # not silently ignored
+            raise config_lib.ConfigError(f"task.augment={cfg.task.augment!r}: counterfactual augmentation applies "
+                                         f"to labelled examples; LM text (task {task.name!r}) is not augmented")
         return _load_lm_split(cfg, task, tokenizer, split)
 
     data_dir = resolve_data_dir(task.name, cfg.task.data_dir or None)
