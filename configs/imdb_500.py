@@ -8,7 +8,7 @@ reviews (task.train_subset=500, subset_seed 42) fine-tuned from
   :tapt    MiniLM after the :tapt stages (MLM on the text of these 500 reviews)
 evaluated once, at the end, on 1000 reviews of the IMDB test split (task.eval_subset, drawn with seed 43). Reviews are
 truncated to their first 128 tokens (a CPU budget; most are longer). Seeds 1, 2, 3.
-Commands (the adapted models first, then export their last stage as a Hugging Face folder):
+Command:  (the adapted models first, then their last stage exported as a Hugging Face folder)
   FTLAB_DATA=../shared/data python scripts/train.py --config configs/imdb_mlm.py:dapt --workdir runs/imdb/dapt
   python -m ftlab.cli export --workdir runs/imdb/dapt/1-adapt --out runs/imdb/dapt-merged
   FTLAB_DATA=../shared/data python scripts/train.py --config configs/imdb_500.py:dapt --workdir runs/imdb/ft-dapt-1 --config.seed=1
