@@ -47,18 +47,13 @@ def main(argv=None) -> int:
     inter = dict(x.split("=", 1) for x in args.intermediate)
     targets = [t for t in args.targets.split(",") if t] or list(inter)
     os.makedirs(args.workdir, exist_ok=True)
-    merged = {}
     for task, wd in inter.items():
         if not os.path.isfile(os.path.join(wd, "results.json")):
             raise SystemExit(f"error: intermediate {task}: {wd} has no results.json (not a finished run)")
-        out = os.path.join(args.workdir, f"merged-{task}")
-        if not os.path.isfile(os.path.join(out, "model.safetensors")):
-            print(f"[transfer] merging {wd} -> {out}", file=sys.stderr)
-            export_merged(wd, out)
-        merged[task] = out
     cells = []
-    for target in targets:
-        for start in ["direct", *inter]:
+    for start in ["direct", *inter]:  # start-major: a rerun with more intermediates reuses every finished cell
+        merged = None
+        for target in targets:
             if start == target and not args.same:
                 continue
             wd = os.path.join(args.workdir, f"{start}-to-{target}")
@@ -66,8 +61,13 @@ def main(argv=None) -> int:
             if os.path.isfile(res_path):
                 res = json.load(open(res_path))
             else:
+                if start != "direct" and merged is None:
+                    merged = os.path.join(args.workdir, f"merged-{start}")
+                    if not os.path.isfile(os.path.join(merged, "model.safetensors")):
+                        print(f"[transfer] merging {inter[start]} -> {merged}", file=sys.stderr)
+                        export_merged(inter[start], merged)
                 cfg = config_lib.load(f"{args.config}:{target}")
-                over = list(args.set) + ([f"model.name={merged[start]}"] if start != "direct" else [])
+                over = list(args.set) + ([f"model.name={merged}"] if start != "direct" else [])
                 cfg = config_lib.apply_overrides(cfg, over)
                 print(f"[transfer] {start} -> {target}", file=sys.stderr)
                 res = train_and_evaluate(cfg, wd)
