@@ -3,6 +3,8 @@
     ftlab train  --config configs/<exp>.py[:variant] --workdir DIR [--config.key=value ...]
     ftlab sweep  --config configs/<exp>.py[:variant] --workdir DIR --seeds 10|13,21,42 [--mode vmap|sequential]
                  [--stop-fraction F --keep K] [--config.key=value ...]   # N seeds in one program (ftlab.train.sweep)
+    ftlab multitask --config configs/<exp>.py[:variant] --workdir DIR [--config.key=value ...]
+                 # several tasks, one head each, on one backbone in one run (ftlab.train.multitask)
     ftlab eval   --workdir DIR [--split dev]              # re-evaluate the exported δ of a finished run
                  [--delta delta_last_k]                   #   or another δ folder of it (e.g. the last-k average)
     ftlab info   --workdir DIR | --config FILE[:variant]  # trainable parameters by path group, δ bytes, base hash
@@ -53,6 +55,10 @@ def cmd_train(argv: list[str]) -> int:
     except config_lib.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if cfg.get("multitask", {}).get("tasks"):
+        print(f"error: {args.config} sets multitask.tasks: train it with `ftlab multitask` (ftlab train trains "
+              "task.name alone)", file=sys.stderr)
+        return 2
     from ftlab import parallel
     from ftlab.train.loop import train_and_evaluate
 
@@ -100,6 +106,33 @@ def cmd_sweep(argv: list[str]) -> int:
     print(json.dumps({"task": summary["task"], "method": summary["method"], "metric": summary["main_metric"],
                       "best_by_seed": {s: r["best_score"] for s, r in summary["per_seed"].items()},
                       "mean": summary["mean"], "std": summary["std"], "workdir": args.workdir}))
+    return 0
+
+
+def cmd_multitask(argv: list[str]) -> int:
+    overrides, rest = config_lib.parse_cli_overrides(argv)
+    ap = argparse.ArgumentParser(prog="ftlab multitask", description="train multitask.tasks in one run, one head "
+                                 "each on a shared backbone (ftlab.train.multitask)")
+    ap.add_argument("--config", required=True, help="configs/<exp>.py[:variant]")
+    ap.add_argument("--workdir", required=True, help="output directory (created; resumed if it has a checkpoint)")
+    args = ap.parse_args(rest)
+    from ftlab.train import multitask
+
+    try:
+        cfg = config_lib.apply_overrides(config_lib.load(args.config), overrides)
+        results = multitask.train_multitask(cfg, args.workdir)
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    best = results["best_metrics"] or results["metrics"] or {}
+    out = {"tasks": results["tasks"], "method": results["method"], "best_step": results["best_step"],
+           "mean": results["best_score"], "dev": {n: {k: round(v, 4) for k, v in m.items()} for n, m in best.items()},
+           "trainable_params": results["trainable_params"], "delta_bytes": results["delta_bytes"],
+           "steps_per_second": results["steps_per_second"], "workdir": args.workdir}
+    if "single_task" in results:
+        out["ratio_to_single_task"] = {n: round(v["ratio"], 4) for n, v in results["single_task"].items()
+                                       if isinstance(v, dict) and v["ratio"] is not None}
+    print(json.dumps(out))
     return 0
 
 
@@ -236,7 +269,7 @@ def cmd_bench(argv: list[str]) -> int:
     return bench.main(argv)
 
 
-COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "eval": cmd_eval, "info": cmd_info, "export": cmd_export, "plot": cmd_plot,
+COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "multitask": cmd_multitask, "eval": cmd_eval, "info": cmd_info, "export": cmd_export, "plot": cmd_plot,
             "bench": cmd_bench}
 
 
