@@ -5,7 +5,8 @@
                  [--stop-fraction F --keep K] [--config.key=value ...]   # N seeds in one program (ftlab.train.sweep)
     ftlab multitask --config configs/<exp>.py[:variant] --workdir DIR [--config.key=value ...]
                  # several tasks, one head each, on one backbone in one run (ftlab.train.multitask)
-    ftlab eval   --workdir DIR [--split dev]              # re-evaluate the exported δ of a finished run
+    ftlab eval   --workdir DIR [--split dev]              # re-evaluate the exported δ of a finished run (every
+                                                          #   task of a multi-task run)
                  [--delta delta_last_k]                   #   or another δ folder of it (e.g. the last-k average)
     ftlab info   --workdir DIR | --config FILE[:variant]  # trainable parameters by path group, δ bytes, base hash
     ftlab export --workdir DIR --out FOLDER [--delta D]   # merge δ into θ₀, write a Hugging Face folder
@@ -27,6 +28,14 @@ from typing import Any
 from ftlab import config as config_lib
 
 
+def _is_multitask(workdir: str) -> bool:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        return bool(json.load(f).get("multitask", {}).get("tasks"))
+
+
 def _load_run(workdir: str, delta_dir: str = "delta") -> tuple[config_lib.Config, dict[str, Any], Any, Any]:
     """(config, prepared model/task/base, delta module, δ) of a finished run's exported delta (or of the δ
     folder `delta_dir` inside the workdir, e.g. 'delta_last_k' or 'best_delta')."""
@@ -39,6 +48,9 @@ def _load_run(workdir: str, delta_dir: str = "delta") -> tuple[config_lib.Config
         raise SystemExit(f"error: {path} not found (is {workdir} a ftlab workdir?)")
     with open(path) as f:
         cfg = config_lib.Config(json.load(f))
+    if cfg.get("multitask", {}).get("tasks"):
+        raise SystemExit(f"error: {workdir} is a multi-task run (one δ, a head per task): `ftlab eval` evaluates "
+                         "it; for one task's model use ftlab.models.single_head on the merged parameters")
     prep = prepare(cfg)
     method, _, delta = delta_io.load(os.path.join(workdir, delta_dir), prep["params"], prep["base"].hash)
     return cfg, prep, deltas.get(method), delta
@@ -146,6 +158,13 @@ def cmd_eval(argv: list[str]) -> int:
     from ftlab import tree
     from ftlab.train import loop, step
 
+    if _is_multitask(args.workdir):  # every task's head, each on its own dev split
+        from ftlab.train import multitask
+
+        metrics = multitask.evaluate_workdir(args.workdir, args.delta, args.split)
+        print(json.dumps({"split": args.split or "default", "mean": round(metrics.pop("mean"), 6),
+                          **{n: {k: round(v, 6) for k, v in m.items()} for n, m in metrics.items()}}))
+        return 0
     cfg, prep, delta_mod, delta = _load_run(args.workdir, args.delta)
     split = args.split or cfg.task.eval_split
     _, enc = loop._load_split(cfg, prep["task"], prep["base"].tokenizer, split, 0, prep["base"].config)

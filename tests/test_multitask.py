@@ -342,6 +342,13 @@ def test_tiny_run_results_and_exact_resume(tmp_path, tiny_bert_dir):
     a, b = (load_file(tmp_path / w / "delta" / "delta.safetensors") for w in ("straight", "resumed"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
+    # `ftlab eval` of the workdir: the exported (final) δ gives the final evals again
+    again = multitask.evaluate_workdir(str(tmp_path / "straight"))
+    assert again.pop("mean") == pytest.approx(np.mean([r["metrics"][n][m] for n, m in r["main_metrics"].items()]))
+    for n in names:
+        for k, v in r["metrics"][n].items():
+            assert again[n][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (n, k)
+
     # the comparison with single-task runs: ratio of each task's selected score to the single run's best
     fake = {n: tmp_path / f"single-{n}" for n in names}
     for task_name, n in zip(r["tasks"], names):

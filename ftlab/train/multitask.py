@@ -522,6 +522,33 @@ def single_task_comparison(workdirs: Mapping[str, str], best: Mapping[str, Mappi
     return out
 
 
+def evaluate_workdir(workdir: str, delta_dir: str = "delta", split: str | None = None,
+                     extra_sources: Callable | None = None) -> dict[str, dict[str, float]]:
+    """Every task's metrics of a finished multi-task run's exported δ (or of the δ folder `delta_dir`, e.g.
+    'best_delta') on `split` (default: the run's task.eval_split): {name: metrics, 'mean': mean of the main
+    metrics}. `extra_sources` as the run had them (their heads are part of δ)."""
+    from ftlab import deltas
+    from ftlab.checkpoint import delta_io
+    from ftlab.train import loop
+
+    with open(os.path.join(workdir, "config.json")) as f:
+        cfg = config_lib.Config(loop.with_defaults(json.load(f)))
+    if split is not None:
+        cfg.task.eval_split = split
+    prep = prepare(cfg, extra_sources)
+    method, _, delta = delta_io.load(os.path.join(workdir, delta_dir), prep["params"], prep["base"].hash)
+    delta_mod = deltas.get(method)
+    train, fixed = tree.split(delta, delta_mod.trainable(delta))
+    tok = prep["base"].tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    evaluated = [s for s in prep["sources"] if s.task is not None and s.eval_data is not None]
+    out = {s.name: loop.evaluate(step_lib.make_eval_step(prep["model"].select(s.name), delta_mod, s.task.kind),
+                                 {"train": train, "fixed": fixed}, prep["params"], s.task, s.eval_data,
+                                 cfg.train.eval_batch_size, pad_id, cfg.train.pad_to_multiple_of)
+           for s in evaluated}
+    return {**out, "mean": _selection_score(out, evaluated)}
+
+
 def train_multitask(cfg: config_lib.Config, workdir: str,
                     extra_sources: Callable[[config_lib.Config, Any], Sequence[Source]] | None = None) -> dict[str, Any]:
     """Train every source of `cfg` (multitask.tasks, plus `extra_sources(cfg, base)`) in one run; returns (and
