@@ -3,7 +3,10 @@
     ftlab train  --config configs/<exp>.py[:variant] --workdir DIR [--config.key=value ...]
     ftlab sweep  --config configs/<exp>.py[:variant] --workdir DIR --seeds 10|13,21,42 [--mode vmap|sequential]
                  [--stop-fraction F --keep K] [--config.key=value ...]   # N seeds in one program (ftlab.train.sweep)
-    ftlab eval   --workdir DIR [--split dev]              # re-evaluate the exported δ of a finished run
+    ftlab multitask --config configs/<exp>.py[:variant] --workdir DIR [--config.key=value ...]
+                 # several tasks, one head each, on one backbone in one run (ftlab.train.multitask)
+    ftlab eval   --workdir DIR [--split dev]              # re-evaluate the exported δ of a finished run (every
+                                                          #   task of a multi-task run)
                  [--delta delta_last_k]                   #   or another δ folder of it (e.g. the last-k average)
     ftlab info   --workdir DIR | --config FILE[:variant]  # trainable parameters by path group, δ bytes, base hash
     ftlab export --workdir DIR --out FOLDER [--delta D]   # merge δ into θ₀, write a Hugging Face folder
@@ -25,6 +28,14 @@ from typing import Any
 from ftlab import config as config_lib
 
 
+def _is_multitask(workdir: str) -> bool:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        return bool(json.load(f).get("multitask", {}).get("tasks"))
+
+
 def _load_run(workdir: str, delta_dir: str = "delta") -> tuple[config_lib.Config, dict[str, Any], Any, Any]:
     """(config, prepared model/task/base, delta module, δ) of a finished run's exported delta (or of the δ
     folder `delta_dir` inside the workdir, e.g. 'delta_last_k' or 'best_delta')."""
@@ -37,6 +48,9 @@ def _load_run(workdir: str, delta_dir: str = "delta") -> tuple[config_lib.Config
         raise SystemExit(f"error: {path} not found (is {workdir} a ftlab workdir?)")
     with open(path) as f:
         cfg = config_lib.Config(json.load(f))
+    if cfg.get("multitask", {}).get("tasks"):
+        raise SystemExit(f"error: {workdir} is a multi-task run (one δ, a head per task): `ftlab eval` evaluates "
+                         "it; for one task's model use ftlab.models.single_head on the merged parameters")
     prep = prepare(cfg)
     method, _, delta = delta_io.load(os.path.join(workdir, delta_dir), prep["params"], prep["base"].hash)
     return cfg, prep, deltas.get(method), delta
@@ -52,6 +66,10 @@ def cmd_train(argv: list[str]) -> int:
         cfg = config_lib.apply_overrides(config_lib.load(args.config), overrides)
     except config_lib.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    if cfg.get("multitask", {}).get("tasks"):
+        print(f"error: {args.config} sets multitask.tasks: train it with `ftlab multitask` (ftlab train trains "
+              "task.name alone)", file=sys.stderr)
         return 2
     from ftlab import parallel
     from ftlab.train.loop import train_and_evaluate
@@ -115,6 +133,33 @@ def cmd_sweep(argv: list[str]) -> int:
     return 0
 
 
+def cmd_multitask(argv: list[str]) -> int:
+    overrides, rest = config_lib.parse_cli_overrides(argv)
+    ap = argparse.ArgumentParser(prog="ftlab multitask", description="train multitask.tasks in one run, one head "
+                                 "each on a shared backbone (ftlab.train.multitask)")
+    ap.add_argument("--config", required=True, help="configs/<exp>.py[:variant]")
+    ap.add_argument("--workdir", required=True, help="output directory (created; resumed if it has a checkpoint)")
+    args = ap.parse_args(rest)
+    from ftlab.train import multitask
+
+    try:
+        cfg = config_lib.apply_overrides(config_lib.load(args.config), overrides)
+        results = multitask.train_multitask(cfg, args.workdir)
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    best = results["best_metrics"] or results["metrics"] or {}
+    out = {"tasks": results["tasks"], "method": results["method"], "best_step": results["best_step"],
+           "mean": results["best_score"], "dev": {n: {k: round(v, 4) for k, v in m.items()} for n, m in best.items()},
+           "trainable_params": results["trainable_params"], "delta_bytes": results["delta_bytes"],
+           "steps_per_second": results["steps_per_second"], "workdir": args.workdir}
+    if "single_task" in results:
+        out["ratio_to_single_task"] = {n: round(v["ratio"], 4) for n, v in results["single_task"].items()
+                                       if isinstance(v, dict) and v["ratio"] is not None}
+    print(json.dumps(out))
+    return 0
+
+
 def cmd_eval(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="ftlab eval")
     ap.add_argument("--workdir", required=True)
@@ -125,6 +170,13 @@ def cmd_eval(argv: list[str]) -> int:
     from ftlab import tree
     from ftlab.train import loop, step
 
+    if _is_multitask(args.workdir):  # every task's head, each on its own dev split
+        from ftlab.train import multitask
+
+        metrics = multitask.evaluate_workdir(args.workdir, args.delta, args.split)
+        print(json.dumps({"split": args.split or "default", "mean": round(metrics.pop("mean"), 6),
+                          **{n: {k: round(v, 6) for k, v in m.items()} for n, m in metrics.items()}}))
+        return 0
     cfg, prep, delta_mod, delta = _load_run(args.workdir, args.delta)
     split = args.split or cfg.task.eval_split
     subset = cfg.task.get("eval_subset", 0) if split == cfg.task.eval_split else 0  # the run's own eval set
@@ -250,7 +302,7 @@ def cmd_bench(argv: list[str]) -> int:
     return bench.main(argv)
 
 
-COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "eval": cmd_eval, "info": cmd_info, "export": cmd_export, "plot": cmd_plot,
+COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "multitask": cmd_multitask, "eval": cmd_eval, "info": cmd_info, "export": cmd_export, "plot": cmd_plot,
             "bench": cmd_bench}
 
 

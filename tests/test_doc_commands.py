@@ -65,7 +65,7 @@ def shorten(cmd: str, tmp: str, tiny: str) -> list[str]:
         out.append(a)
     if out[0].startswith(".venv/bin/"):
         out[0] = os.path.join(REPO, out[0])
-    if "train" in out or "sweep" in out or any(x.endswith(("scripts/train.py", "scripts/bench_sweep.py")) for x in out):
+    if "train" in out or "sweep" in out or "multitask" in out or any(x.endswith(("scripts/train.py", "scripts/bench_sweep.py")) for x in out):
         out += [f"--config.model.name={tiny}", "--config.task.max_length=32", "--config.train.progress=false"]
     return out
 

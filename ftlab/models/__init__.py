@@ -5,6 +5,8 @@ Public API:
     init_params(model, rng, base_params, example_input_ids) -> (params, fresh_paths)
     initializer_for(path, shape, config, rng) -> array        # the model's own initialiser for one leaf
     BertConfig, LlamaConfig, GPT2Config, config_from_hf
+    build_multitask_model(config, heads, pooling="default") -> MultiTaskModel   # shared backbone, named heads
+    named_head(params, name) / single_head(params, name)  # head/... <-> head/<name>/... (ftlab.models.multihead)
 
 Call: `model.apply({'params': params}, input_ids, attention_mask=None, token_type_ids=None,
 deterministic=True, rngs={'dropout': key})`, input_ids int32 [B, T], attention_mask [B, T] (1 = real).
@@ -28,18 +30,23 @@ from flax import linen as nn
 from ftlab import tree
 from ftlab.models.configs import BertConfig, GPT2Config, LlamaConfig, ModelConfig, config_from_hf, family
 from ftlab.models.heads import HEADS, POOLINGS, TaskModel
+from ftlab.models.multihead import MultiTaskModel, build_multitask_model, named_head, single_head
 
 __all__ = [
     "BertConfig",
     "GPT2Config",
     "LlamaConfig",
     "ModelConfig",
+    "MultiTaskModel",
     "TaskModel",
     "build_model",
+    "build_multitask_model",
     "config_from_hf",
     "family",
     "init_params",
     "initializer_for",
+    "named_head",
+    "single_head",
 ]
 
 

@@ -43,7 +43,7 @@ from ftlab.train import step as step_lib
 # Keys a resumed run may change: logging, and how the same computation is laid out or scheduled (the device
 # mesh and its rules, so a checkpoint resumes on another device count; rematerialisation; accumulation).
 RESUME_IGNORED_KEYS = ("train.log_every", "train.progress", "train.crash_after_checkpoint", "parallel",
-                       "model.remat", "train.grad_accum", "sweep")
+                       "model.remat", "train.grad_accum", "sweep", "multitask")
 
 
 class WorkdirError(RuntimeError):
@@ -144,6 +144,13 @@ def default_config() -> config_lib.Config:
         # Staged runs (ftlab.train.stages): a list of {'name', 'dotted.key': value, ...} (overrides of this config)
         # run in order by `ftlab train`, each stage starting from the previous one's merged weights.
         stages=(),
+        # Multi-task training (`ftlab multitask`, ftlab.train.multitask, whose docstring has the rules): tasks
+        # (one head each on the shared backbone), sampling proportional | temperature | equal (each step's
+        # sub-batch sizes), temperature (T, sampling=temperature only), weights (loss weight per task; () =
+        # each example weighs the same), train_subset (per task; () = task.train_subset), width fixed | dynamic
+        # (padding of each task's batches), single_task (workdirs to compare with), base_head. `ftlab train`
+        # refuses a config that names tasks here.
+        multitask=config_lib.Config(**_multitask_defaults()),
     )
 
 
@@ -195,6 +202,12 @@ def _sweep_defaults() -> dict[str, Any]:
     from ftlab.train import sweep
 
     return dict(sweep.DEFAULTS)
+
+
+def _multitask_defaults() -> dict[str, Any]:
+    from ftlab.train import multitask
+
+    return dict(multitask.DEFAULTS)
 
 
 def _exit_routine(cfg: config_lib.Config) -> str:

@@ -1,0 +1,362 @@
+"""Multi-task training (ftlab.models.multihead, ftlab.train.multitask): the multi-head model's paths and head
+selection, sub-batch sizes of the sampling rules by hand, the per-source gradients against one fused loss, only
+active heads get gradient, config errors, and a tiny end-to-end run with exact resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import REPO
+
+from ftlab import config as config_lib
+from ftlab import deltas, tree
+from ftlab.models import build_model, build_multitask_model, init_params, named_head, single_head
+from ftlab.models.configs import BertConfig, LlamaConfig
+from ftlab.train import losses, multitask
+
+TINY = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                  max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+HEADS = (("cls", "sequence_classification", 3), ("reg", "sequence_classification", 1),
+         ("tag", "token_classification", 4), ("mlm", "masked_lm", 64))
+ONE = dataclasses.replace(TINY, num_hidden_layers=1)  # what only the heads' wiring needs
+IDS = jnp.asarray(np.random.default_rng(0).integers(1, 64, (2, 8)), jnp.int32)
+
+
+def _shapes(model):
+    v = jax.eval_shape(lambda r: model.init({"params": r, "dropout": r}, IDS), jax.random.key(0))["params"]
+    return {p: x.shape for p, x in tree.flatten(v).items()}
+
+
+# ---- model ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("config, heads", [
+    (TINY, HEADS),
+    (LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1, max_position_embeddings=32, tie_word_embeddings=False),
+     (("cls", "sequence_classification", 2), ("lm", "causal_lm", 64))),
+])
+def test_backbone_paths_equal_taskmodel_and_heads_are_named(config, heads):
+    multi = _shapes(build_multitask_model(config, heads))
+    single = _shapes(build_model(config, "sequence_classification", 2))
+    backbone = lambda s: {p: x for p, x in s.items() if not p.startswith("head/")}  # noqa: E731
+    assert backbone(multi) == backbone(single)  # the same θ₀ paths: every delta's regexes apply unchanged
+    for name, kind, n in heads:  # each head below head/<name>/ with TaskModel's own names
+        own = {p.removeprefix("head/"): x for p, x in _shapes(build_model(config, kind, n)).items()
+               if p.startswith("head/")}
+        assert {p.removeprefix(f"head/{name}/"): x for p, x in multi.items() if p.startswith(f"head/{name}/")} == own
+
+
+def test_select_runs_one_head_as_taskmodel_does():
+    model = build_multitask_model(ONE, HEADS)
+    params, _ = init_params(model, jax.random.key(1), {}, IDS)
+    everything = model.apply({"params": params}, IDS)
+    assert {k: v.shape for k, v in everything.items()} == {"cls": (2, 3), "reg": (2, 1), "tag": (2, 8, 4),
+                                                          "mlm": (2, 8, 64)}
+    for name, kind, n in (HEADS[1], HEADS[3]):
+        # only the backbone and the selected head are read: the other heads' params may be absent
+        alone = tree.unflatten({p: x for p, x in tree.flatten(params).items()
+                                if not p.startswith("head/") or p.startswith(f"head/{name}/")})
+        out = model.select(name).apply({"params": alone}, IDS)
+        ref = build_model(ONE, kind, n).apply({"params": single_head(params, name)}, IDS)
+        np.testing.assert_array_equal(out, ref)
+        np.testing.assert_array_equal(out, everything[name])
+    two = model.select(("cls", "tag")).apply({"params": params}, IDS)
+    assert sorted(two) == ["cls", "tag"]
+    with pytest.raises(ValueError, match="no head 'nope'"):
+        model.select("nope")
+
+
+def test_named_head_and_single_head_round_trip():
+    model = build_model(TINY, "sequence_classification", 3)
+    params = model.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, IDS)["params"]
+    moved = named_head(params, "sst2")
+    assert sorted(p for p in tree.flatten(moved) if p.startswith("head/")) == [
+        "head/sst2/classifier/bias", "head/sst2/classifier/kernel"]
+    back = single_head(moved, "sst2")
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)), back, params))
+    with pytest.raises(ValueError, match="no head 'cola'"):
+        single_head(moved, "cola")
+    with pytest.raises(ValueError, match="head name"):
+        build_multitask_model(TINY, [("a/b", "sequence_classification", 2)])
+    with pytest.raises(ValueError, match="causal_lm needs a decoder"):
+        build_multitask_model(TINY, [("lm", "causal_lm", 64)])
+
+
+# ---- sampling ------------------------------------------------------------------------------------------------
+def test_sub_batch_sizes_by_hand():
+    # GLUE-4 at 4,000 examples (MRPC 3,668), B=32: 32·n/15668 = 8.169, 7.491, 8.169, 8.169 -> floors 8,7,8,8 (31);
+    # the one row left goes to the largest remainder (MRPC's .491)
+    assert multitask.sub_batch_sizes([4000, 3668, 4000, 4000], 32, "proportional") == [8, 8, 8, 8]
+    assert multitask.sub_batch_sizes([100, 300], 8, "proportional") == [2, 6]
+    # temperature T=2: sqrt(100, 400, 1600) = 10, 20, 40 -> p = 1/7, 2/7, 4/7 of 14
+    assert multitask.sub_batch_sizes([100, 400, 1600], 14, "temperature", 2.0) == [2, 4, 8]
+    # equal: 10/3 each -> 3, 3, 3 and the tie for the last row goes to the first source
+    assert multitask.sub_batch_sizes([100, 400, 1600], 10, "equal") == [4, 3, 3]
+    # a source too small for a row gets one from the largest
+    assert multitask.sub_batch_sizes([1, 1000], 4, "proportional") == [1, 3]
+    n = [50, 500, 5000]
+    np.testing.assert_allclose(multitask.mixing_rates(n, "temperature", 1.0), multitask.mixing_rates(n, "proportional"))
+    np.testing.assert_allclose(multitask.mixing_rates(n, "temperature", 1e6), [1 / 3] * 3, atol=1e-5)
+    with pytest.raises(ValueError, match="smaller than the 3 sources"):
+        multitask.sub_batch_sizes(n, 2, "equal")
+
+
+def _source(name, size, weight=None, batch_size=None):
+    return multitask.Source(name=name, head="sequence_classification", num_labels=2, loss="classification",
+                            size=size, batches=None, weight=weight, batch_size=batch_size)
+
+
+def test_plan_weights_and_length():
+    cfg = config_lib.Config({"train": {"batch_size": 8, "max_steps": -1, "epochs": 2.0}})
+    mt = {"sampling": "proportional", "temperature": 2.0}
+    p = multitask.plan([_source("a", 100), _source("b", 300)], cfg, mt)
+    assert p["batch"] == {"a": 2, "b": 6} and p["weight"] == {"a": 2 / 8, "b": 6 / 8}  # each example weighs 1/8
+    assert p["steps_per_epoch"] == 400 // 8 and p["total_steps"] == 100
+    # explicit weights are used as given; an auxiliary source with its own rows sits outside the rule
+    p = multitask.plan([_source("a", 100, weight=1.0), _source("b", 300, weight=1.0),
+                        _source("lm", 10**6, weight=0.5, batch_size=4)], cfg, mt)
+    assert p["batch"] == {"a": 2, "b": 6, "lm": 4} and p["weight"] == {"a": 1.0, "b": 1.0, "lm": 0.5}
+    assert p["steps_per_epoch"] == 50
+    p = multitask.plan([_source("a", 100), _source("lm", 10**6, batch_size=4)], cfg, mt)
+    assert p["batch"] == {"a": 8, "lm": 4} and p["weight"] == {"a": 8 / 12, "lm": 4 / 12}
+
+
+# ---- steps ---------------------------------------------------------------------------------------------------
+def _batch(rng, b, t, kind):
+    ids = rng.integers(1, 64, (b, t)).astype(np.int32)
+    mask = np.ones((b, t), np.int32)
+    mask[0, t // 2:] = 0
+    out = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros((b, t), np.int32),
+           "example_mask": np.ones(b, np.float32)}
+    if kind == "classification":
+        out["labels"] = rng.integers(0, 3, b).astype(np.int32)
+    elif kind == "regression":
+        out["labels"] = rng.normal(size=b).astype(np.float32)
+    else:
+        out["labels"] = np.where(mask > 0, rng.integers(0, 4, (b, t)), losses.IGNORE).astype(np.int32)
+    return out
+
+
+def _mlm_transform(batch, rng):
+    """Mask 30% of the real tokens with id 1 and predict them (a stand-in for the LM source's masking)."""
+    chosen = (jax.random.uniform(rng, batch["input_ids"].shape) < 0.3) & (batch["attention_mask"] > 0)
+    return {**batch, "input_ids": jnp.where(chosen, 1, batch["input_ids"]),
+            "labels": jnp.where(chosen, batch["input_ids"], losses.IGNORE)}
+
+
+def _mixture():
+    model = build_multitask_model(ONE, HEADS)
+    params, _ = init_params(model, jax.random.key(1), {}, IDS)
+    rng = np.random.default_rng(0)
+    srcs = {"cls": multitask.Source("cls", "sequence_classification", 3, "classification", 10, None),
+            "tag": multitask.Source("tag", "token_classification", 4, "tagging", 10, None),
+            "mlm": multitask.Source("mlm", "masked_lm", 64, "masked_lm", 10, None, transform=_mlm_transform)}
+    batches = {"cls": _batch(rng, 3, 8, "classification"), "tag": _batch(rng, 2, 6, "tagging"),
+               "mlm": _batch(rng, 2, 8, "tagging")}
+    return model, params, srcs, batches, jax.random.key_data(jax.random.key(3)), jnp.asarray(5, jnp.int32)
+
+
+def _delta(method, params, **config):
+    mod = deltas.get(method)
+    delta = mod.init(jax.random.key(2), params, deltas.check_config(mod, config))
+    return (mod, *tree.split(delta, mod.trainable(delta)))
+
+
+def test_only_delta_leaves_and_active_heads_get_gradient():
+    model, params, srcs, batches, key, step = _mixture()
+    mod, train, fixed = _delta("bitfit", params)  # δ = the biases + every head (train_head's head/.*)
+    acc = jax.tree_util.tree_map(jnp.zeros_like, train)
+    for i, name in enumerate(("cls", "mlm")):  # two of the four heads have a source in this run
+        acc, loss = multitask.make_source_step(model, mod, srcs[name], i, 0.5)(acc, train, fixed, params,
+                                                                              batches[name], key, step)
+        assert np.isfinite(float(loss))
+    grads = tree.flatten(acc)
+    assert set(grads) == set(tree.flatten(train))  # the accumulator holds δ's trainable leaves only
+    assert all(p.startswith("head/") or p.endswith("/bias") for p in grads)
+    norms = {p: float(jnp.abs(g).sum()) for p, g in grads.items()}
+    for name in ("reg", "tag"):
+        assert all(v == 0.0 for p, v in norms.items() if p.startswith(f"head/{name}/")), name
+    for name in ("cls", "mlm"):
+        assert sum(v for p, v in norms.items() if p.startswith(f"head/{name}/")) > 0, name
+    assert sum(v for p, v in norms.items() if p.startswith("backbone/")) > 0  # the shared backbone learns
+
+
+@pytest.mark.slow  # four compilations of LoRA gradients (~40 s of a busy core)
+def test_source_gradients_sum_to_the_gradient_of_the_weighted_loss():
+    model, params, srcs, batches, key, step = _mixture()
+    mod, train, fixed = _delta("lora", params, r=2)
+    index = {"cls": 0, "tag": 1, "mlm": 3}  # the source's position in the run (its key stream), not the head's
+    weights = {"cls": 0.5, "tag": 0.3, "mlm": 0.2}
+    acc = jax.tree_util.tree_map(jnp.zeros_like, train)
+    got = {}
+    for n, s in srcs.items():
+        acc, got[n] = multitask.make_source_step(model, mod, s, index[n], weights[n])(acc, train, fixed, params,
+                                                                                     batches[n], key, step)
+
+    def fused(t):
+        return sum(weights[n] * multitask.make_source_loss(model, mod, s, index[n])(
+            t, fixed, params, batches[n], key, step)[0] for n, s in srcs.items())
+
+    value, want = jax.jit(jax.value_and_grad(fused))(train)
+    assert float(sum(weights[n] * got[n] for n in weights)) == pytest.approx(float(value), rel=1e-6)
+    for p, g in tree.flatten(want).items():
+        np.testing.assert_allclose(tree.flatten(acc)[p], g, rtol=1e-5, atol=1e-7, err_msg=p)
+    assert all(float(jnp.abs(g).sum()) == 0 for p, g in tree.flatten(acc).items() if p.startswith("head/reg/"))
+
+    # the transform runs inside the loss with the step's key: the same step draws the same masks, another not
+    loss_fn = jax.jit(multitask.make_source_loss(model, mod, srcs["mlm"], index["mlm"]))
+    same = [float(loss_fn(train, fixed, params, batches["mlm"], key, jnp.asarray(s))[0]) for s in (5, 5, 6)]
+    assert same[0] == same[1] != same[2]
+
+
+def test_update_applies_the_accumulated_gradient_once():
+    import optax
+
+    train = {"w": jnp.ones(3)}
+    tx = optax.sgd(0.1)
+    state = {"step": jnp.zeros([], jnp.int32), "train": train, "fixed": {}, "opt_state": tx.init(train),
+             "rng": jax.random.key_data(jax.random.key(0))}
+    update = multitask.make_update(tx, deltas.get("full"), {"a": 0.25, "b": 0.75}, jit=False)
+    new, zeros, m = update(state, {"w": jnp.asarray([1.0, 2.0, 3.0])}, {"a": jnp.asarray(2.0), "b": jnp.asarray(4.0)})
+    np.testing.assert_allclose(new["train"]["w"], 1 - 0.1 * np.array([1.0, 2.0, 3.0]))
+    assert float(m["loss"]) == pytest.approx(0.25 * 2 + 0.75 * 4) and int(new["step"]) == 1
+    assert float(m["loss/b"]) == 4.0 and not np.any(np.asarray(zeros["w"]))
+    skip = multitask.make_update(tx, deltas.get("full"), {"a": 1.0}, on_nonfinite="skip", jit=False)
+    new, _, m = skip(state, {"w": jnp.ones(3)}, {"a": jnp.asarray(np.nan)})
+    assert not bool(m["finite"]) and np.all(np.asarray(new["train"]["w"]) == 1.0)
+
+
+# ---- config --------------------------------------------------------------------------------------------------
+def _cfg(*overrides):
+    cfg = config_lib.load(os.path.join(REPO, "configs", "glue4_multitask.py"))
+    return config_lib.apply_overrides(cfg, list(overrides))
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["multitask.tasks=sst2,sst3"], r"multitask.tasks: unknown task 'sst3'"),
+    (["multitask.tasks=()"], "multitask.tasks is empty"),
+    (["multitask.tasks=sst2,sst2"], "repeats a task"),
+    (["multitask.sampling=uniform"], "multitask.sampling='uniform'"),
+    (["multitask.temperature=3"], "read only with multitask.sampling=temperature"),
+    (["multitask.sampling=temperature", "multitask.temperature=0"], "must be a positive number"),
+    (["multitask.weights=1,2"], "2 entries for 4 tasks"),
+    (["multitask.weights=1,1,-1,1"], "finite and >= 0"),
+    (["multitask.weights=0,0,0,0"], "all 0"),
+    (["multitask.train_subset=10,10,10"], "3 entries for 4 tasks"),
+    (["multitask.width=padded"], "multitask.width='padded'"),
+    (["multitask.base_head=qnli"], "multitask.base_head='qnli'"),
+    (["train.batch_size=3"], "smaller than the 4 tasks"),
+    (["train.grad_accum=2"], "does not support train.grad_accum=2"),
+    (["reg.method=r3f"], "does not support reg.method='r3f'"),
+    (["train.ema_decay=0.9"], "does not support train.ema_decay"),
+    (["delta.method=remove"], "changes the model's structure"),
+])
+def test_config_errors(overrides, match):
+    with pytest.raises(config_lib.ConfigError, match=match):
+        multitask.check_config(_cfg(*overrides))
+
+
+def test_config_resolves_and_matches_the_single_task_baselines():
+    mt = multitask.check_config(_cfg("multitask.train_subset=100,0,7,4000", "multitask.weights=1,1,0.5,1"))
+    assert mt["names"] == ["sst2", "mrpc", "stsb", "cola"] and mt["train_subset"] == [100, 0, 7, 4000]
+    assert mt["weights"] == [1.0, 1.0, 0.5, 1.0]
+    assert multitask.check_config(_cfg())["train_subset"] == [4000] * 4  # () = task.train_subset for every task
+    assert multitask.head_name("tfds:glue/sst2") == "tfds_glue_sst2"
+    single = config_lib.load(os.path.join(REPO, "configs", "glue4_single.py:cola"))
+    multi = _cfg()
+    for key in ("task.train_subset", "task.subset_seed", "task.max_length", "train.epochs", "train.batch_size",
+                "train.bucket", "train.pad_to_multiple_of", "optim", "delta", "model", "seed"):
+        assert single.get_path(key) == multi.get_path(key), key
+
+
+def test_ftlab_train_refuses_a_multitask_config(tmp_path, capsys):
+    from ftlab import cli
+
+    assert cli.main(["train", "--config", os.path.join(REPO, "configs", "glue4_multitask.py:runlocal"),
+                     "--workdir", str(tmp_path)]) == 2
+    assert "ftlab multitask" in capsys.readouterr().err
+    assert cli.main(["multitask", "--config", os.path.join(REPO, "configs", "glue4_multitask.py:runlocal"),
+                     "--workdir", str(tmp_path), "--config.multitask.sampling=nope"]) == 2
+
+
+# ---- end to end ----------------------------------------------------------------------------------------------
+def _user_task(root, name, kind, n_train=24, n_dev=8):
+    d = root / name
+    d.mkdir()
+    rng = np.random.default_rng(len(name))
+    words = ["good", "bad", "film", "plot", "great", "dull", "actor", "scene"]
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        with open(d / f"{split}.jsonl", "w") as f:
+            for _ in range(n):
+                text = " ".join(rng.choice(words, rng.integers(3, 9)))
+                label = (str(int("good" in text)) if kind == "classification"
+                         else float(text.count("great") + rng.normal() * 0.1))
+                f.write(json.dumps({"text": text, "label": label}) + "\n")
+    spec = {"name": name, "kind": kind, "splits": {"train": "train.jsonl", "dev": "dev.jsonl"}}
+    if kind == "classification":
+        spec["label_names"] = ["0", "1"]
+    (d / "task.json").write_text(json.dumps(spec))
+    return f"jsonl:{d}"
+
+
+def _tiny_run_cfg(tmp_path, tiny_bert_dir, *extra):
+    tasks = [_user_task(tmp_path, "senti", "classification"), _user_task(tmp_path, "score", "regression")]
+    return _cfg(f"multitask.tasks={','.join(tasks)}", "multitask.single_task=()", "multitask.width=fixed",
+                f"model.name={tiny_bert_dir}", f"task.data_dir={tmp_path}", "task.max_length=16", "task.train_subset=0", "train.batch_size=8",
+                "train.max_steps=6", "train.eval_every=3", "train.log_every=1", "train.checkpoint_every=3",
+                "train.keep_checkpoints=3", "train.progress=false", "train.eval_batch_size=8",
+                "train.export_delta=final", *extra)
+
+
+@pytest.mark.slow  # two short runs of the tiny model: compilations dominate (~1 min on a busy core)
+def test_tiny_run_results_and_exact_resume(tmp_path, tiny_bert_dir):
+    (tmp_path / "data").mkdir()
+    cfg = _tiny_run_cfg(tmp_path / "data", tiny_bert_dir)
+    r = multitask.train_multitask(cfg, str(tmp_path / "straight"))
+    names = list(r["main_metrics"])
+    assert r["train_steps"] == 6 and r["sampling"]["batch_size"] == {names[0]: 4, names[1]: 4}
+    assert r["sampling"]["epochs_seen"] == {n: 6 * 4 / 24 for n in names}
+    assert set(r["best_metrics"]) == set(names) and r["main_metric"] == "mean"
+    assert r["best_score"] == pytest.approx(np.mean([r["best_metrics"][n][m] for n, m in r["main_metrics"].items()]))
+    assert r["delta_bytes"] == 4 * r["trainable_params"]
+    rows = [json.loads(ln) for ln in open(tmp_path / "straight" / "metrics.jsonl")]
+    assert [x["step"] for x in rows if x["kind"] == "eval"] == [3, 6]
+    assert all(f"loss/{n}" in rows[0] for n in names)
+
+    # resume: drop the last checkpoint, run the same config again from step 3: the same numbers and δ
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "6")
+    os.remove(tmp_path / "resumed" / "results.json")
+    r2 = multitask.train_multitask(cfg, str(tmp_path / "resumed"))
+    assert r2["metrics"] == r["metrics"]
+    rows2 = [json.loads(ln) for ln in open(tmp_path / "resumed" / "metrics.jsonl")]
+    assert rows2 == rows
+    from safetensors.numpy import load_file
+
+    a, b = (load_file(tmp_path / w / "delta" / "delta.safetensors") for w in ("straight", "resumed"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+    # `ftlab eval` of the workdir: the exported (final) δ gives the final evals again
+    again = multitask.evaluate_workdir(str(tmp_path / "straight"))
+    assert again.pop("mean") == pytest.approx(np.mean([r["metrics"][n][m] for n, m in r["main_metrics"].items()]))
+    for n in names:
+        for k, v in r["metrics"][n].items():
+            assert again[n][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (n, k)
+
+    # the comparison with single-task runs: ratio of each task's selected score to the single run's best
+    fake = {n: tmp_path / f"single-{n}" for n in names}
+    for task_name, n in zip(r["tasks"], names):
+        fake[n].mkdir()
+        m = r["main_metrics"][n]
+        (fake[n] / "results.json").write_text(json.dumps({"task": task_name, "best_metrics": {m: 0.5}}))
+    cmp = multitask.single_task_comparison({n: str(p) for n, p in fake.items()}, r["best_metrics"],
+                                           [s for s in multitask.prepare(cfg)["sources"]])
+    for n in names:
+        assert cmp[n]["ratio"] == pytest.approx(r["best_metrics"][n][r["main_metrics"][n]] / 0.5)
+    assert cmp["min_ratio"] == min(cmp[n]["ratio"] for n in names)
