@@ -1,4 +1,4 @@
-"""Every command in the README's and docs/' fenced shell blocks is run, in a shortened form.
+"""Every command in the README's and docs/' shell blocks and inline code is run, in a shortened form.
 
 Each command is taken from the page as written and then shortened, never replaced: a config gets its
 `:runlocal` variant (a few steps on a small subset), the model becomes the tiny random BERT, and workdirs and
@@ -8,6 +8,15 @@ export / plot on that workdir). Two are run differently: `bash scripts/test.sh` 
 from inside itself), and `bash scripts/quickstart.sh` runs as is with extra overrides capping it at 4 steps
 (it passes them on to `train.py`). A command this test does not know how to shorten fails the test, so a new
 command in the docs cannot go unrun.
+
+Inline code in the prose counts too: a span that starts like a command (`.venv/bin/...`, `python scripts/...`,
+`bash scripts/...`, also in 4-space indented blocks) is run after the shell blocks with the same shortening,
+except templates, which show a command's form with placeholders (`<task>`, `OUT`, `a|b` alternatives) and can
+only be checked for naming a script that exists, and the GPU benchmark (`scripts/gpu_bench.sh`, which needs
+nvidia-smi and a CUDA jax). Generators that write a committed page by default (`scripts/report.py`,
+`scripts/methods_doc.py`) write to the temporary directory instead, and their output must equal the committed
+page: a stale generated page fails this test. `ftlab bench` runs its first model's LoRA row for one step at
+batch 2, both frameworks.
 """
 
 from __future__ import annotations
@@ -21,11 +30,14 @@ import sys
 import pytest
 from conftest import REPO, SHARED_DATA
 
-pytestmark = pytest.mark.slow
-
 PAGES = ["README.md"] + sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(REPO, "docs"))
                                if f.endswith(".md"))
-SKIP = {"bash scripts/test.sh": "the test suite itself"}
+SKIP = {"bash scripts/test.sh": "the test suite itself", "bash scripts/test.sh -m slow": "the test suite itself"}
+COMMAND_START = (".venv/bin/", "python scripts/", "bash scripts/")
+# A template: placeholders in angle brackets, `a|b` alternatives, or an all-capitals argument (OUT, DIR, W).
+TEMPLATE = re.compile(r"<[^>]*>|\S\|\S|(?:^|\s)[A-Z]{1,5}(?=\s|$)")
+GPU_ONLY = ("bash scripts/gpu_bench.sh",)
+GENERATED = {"scripts/report.py": "docs/results.md", "scripts/methods_doc.py": "docs/methods.md"}
 
 
 def shell_blocks(page: str) -> list[list[str]]:
@@ -42,6 +54,19 @@ def shell_blocks(page: str) -> list[list[str]]:
         if lines:
             blocks.append(lines)
     return blocks
+
+
+def inline_commands(page: str) -> list[str]:
+    """Commands written in `page`'s prose: inline code spans (one may wrap onto the next line) and 4-space
+    indented lines that start like a command; fenced blocks are left to `shell_blocks`."""
+    text = re.sub(r"```.*?```", "", open(os.path.join(REPO, page)).read(), flags=re.S)
+    spans = [" ".join(m.split()) for m in re.findall(r"`([^`\n]+(?:\n[^`\n]+)?)`", text)]
+    spans += [re.sub(r"\s+#.*$", "", ln).strip() for ln in text.splitlines() if ln.startswith("    ")]
+    out = []
+    for sp in spans:
+        if sp.startswith(COMMAND_START) and sp not in out:
+            out.append(sp)
+    return out
 
 
 def shorten(cmd: str, tmp: str, tiny: str) -> list[str]:
@@ -65,11 +90,42 @@ def shorten(cmd: str, tmp: str, tiny: str) -> list[str]:
         out.append(a)
     if out[0].startswith(".venv/bin/"):
         out[0] = os.path.join(REPO, out[0])
+    if len(out) > 1 and out[1] == "bench":  # first model, its LoRA row, one step at batch 2
+        i = out.index("--models") if "--models" in out else None
+        model = out[i + 1].split(",")[0] if i is not None else "minilm"
+        out = [x for j, x in enumerate(out) if i is None or j not in (i, i + 1)]
+        out += ["--models", model, "--methods", "lora", "--steps", "1", "--warmup", "0", "--batch", f"{model}=2"]
+    for script, page in GENERATED.items():
+        if any(x.endswith(script) for x in out) and "--out" not in out:
+            out += ["--out", os.path.join(tmp, os.path.basename(page))]
     if "train" in out or "sweep" in out or "multitask" in out or any(x.endswith(("scripts/train.py", "scripts/bench_sweep.py")) for x in out):
         out += [f"--config.model.name={tiny}", "--config.task.max_length=32", "--config.train.progress=false"]
     return out
 
 
+def _run_one(cmd: str, tmp_path, tiny_bert_dir, env: dict) -> None:
+    argv = shorten(cmd.replace("python scripts/", f"python {REPO}/scripts/"), str(tmp_path), tiny_bert_dir)
+    if argv[0] == "python":
+        argv[0] = sys.executable
+    p = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    assert p.returncode == 0, f"{cmd}\n-> {argv}\n{p.stderr[-3000:]}"
+    for script, page in GENERATED.items():
+        if any(x.endswith(script) for x in argv) and argv[argv.index("--out") + 1].startswith(str(tmp_path)):
+            made = open(argv[argv.index("--out") + 1]).read()
+            assert made == open(os.path.join(REPO, page)).read(), f"{page} is stale: rerun {cmd}"
+
+
+def test_inline_command_detection():
+    """The prose rules on made-up text: what counts as a command, what as a template."""
+    assert TEMPLATE.search("bash scripts/gpu_bench.sh mfu|minilm|smollm2 OUT")
+    assert TEMPLATE.search("bash scripts/run_experiments.sh <config names>")
+    assert TEMPLATE.search(".venv/bin/ftlab eval --workdir W --split test")
+    assert not TEMPLATE.search(".venv/bin/ftlab bench --models minilm,smollm2 --out docs/bench")
+    assert not TEMPLATE.search("python scripts/stability.py runs/stability/cola-vanilla --out docs/stability")
+    assert not TEMPLATE.search("python scripts/bench.py --config.train.lr=3e-5 --model HF_DIR/x")
+
+
+@pytest.mark.slow
 def test_every_documented_command_runs(tmp_path, tiny_bert_dir):
     if not os.path.isdir(SHARED_DATA):
         pytest.skip("needs the GLUE copy in ../shared/data for the MRPC commands")
@@ -97,7 +153,24 @@ def test_every_documented_command_runs(tmp_path, tiny_bert_dir):
                 p = subprocess.run(argv, capture_output=True, text=True, env=run_env, cwd=REPO, timeout=900)
                 assert p.returncode == 0, f"{page}: {cmd}\n-> {argv}\n{p.stderr[-3000:]}"
                 ran.append(cmd)
+    templates, gpu = [], []
+    for page in PAGES:  # prose commands, after every shell block (they may use the runs those made)
+        for cmd in inline_commands(page):
+            script = next((w for w in cmd.split() if w.startswith("scripts/")), None)
+            if script:
+                assert os.path.isfile(os.path.join(REPO, script)), f"{page}: {cmd!r} names a missing {script}"
+            if cmd.startswith(GPU_ONLY):
+                gpu.append(cmd)
+            elif TEMPLATE.search(cmd):
+                templates.append(cmd)
+            elif cmd in ran or cmd in SKIP:
+                continue
+            else:
+                _run_one(cmd, tmp_path, tiny_bert_dir, env)
+                ran.append(cmd)
     assert any("quickstart" in c for c in ran) and any("ftlab plot" in c for c in ran)
+    assert any("ftlab bench" in c for c in ran) and any("methods_doc" in c for c in ran)
     assert (tmp_path / "quickstart" / "results.json").is_file()
     assert (tmp_path / "hf_mrpc" / "config.json").is_file() and (tmp_path / "curves.png").is_file()
-    print(f"ran {len(ran)} commands; not run: {skipped}")
+    print(f"ran {len(ran)} commands; not run: {skipped}; templates checked for their script: {templates}; "
+          f"GPU only: {gpu}")

@@ -1,4 +1,5 @@
-"""Clear failures: non-finite loss (stop or skip), unwritable workdir, corrupt checkpoint, delta on another base."""
+"""Clear failures: non-finite loss (stop or skip), unwritable or full workdir, corrupt checkpoint, delta on another
+base."""
 
 from __future__ import annotations
 
@@ -49,6 +50,17 @@ def test_unwritable_workdir_fails_before_training(tmp_path, tiny_bert_dir):
         target = str(ro / "run")
     with pytest.raises(WorkdirError, match="not writable"):
         train_and_evaluate(_cfg(tiny_bert_dir), target)
+
+
+def test_full_disk_fails_before_training(tmp_path, tiny_bert_dir, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 100 * 2**20, 100 * 2**20))
+    with pytest.raises(WorkdirError, match=r"only 100 MiB free on its disk"):
+        train_and_evaluate(_cfg(tiny_bert_dir), str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "metrics.jsonl")  # refused before anything was written
 
 
 @pytest.mark.slow
