@@ -162,7 +162,9 @@ def test_magnitude_mask_is_constant_in_the_backward_pass(base):
 @pytest.mark.parametrize("criterion", ["magnitude", "movement", "soft_movement"])
 @pytest.mark.parametrize("budget", ["global", "per_layer"])
 def test_stored_form_round_trip_and_bytes(base, criterion, budget):
-    cfg, d = _delta(base, criterion=criterion, budget=budget, keep=0.1)
+    # soft movement: tau 0.9 keeps σ(S) > 0.9, ~1.4% of S ~ N(0, 1), so that the sparse form is the smaller one
+    extra = {"tau": 0.9} if criterion == "soft_movement" else {}
+    cfg, d = _delta(base, criterion=criterion, budget=budget, keep=0.1, **extra)
     theta = prune.apply(base, d)
     arrays = prune.to_disk(d)
     W = _targets(base, cfg)
@@ -187,6 +189,34 @@ def test_stored_form_round_trip_and_bytes(base, criterion, budget):
         assert kept == k
     with pytest.raises(ValueError, match="differ"):
         prune.from_disk({k: v for k, v in arrays.items() if not k.startswith("prune/values/")}, base, cfg)
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "soft_movement"])
+def test_stored_form_falls_back_to_dense_above_half_density(base, criterion):
+    # per-tensor keep 0.6 (magnitude), or soft movement's σ(S) > 0.1 with S ~ N(0, 1) (~98% kept): 8 bytes per
+    # kept entry would exceed the dense 4, so each pruned tensor is stored as the dense W ⊙ M
+    cfg, d = _delta(base, criterion=criterion, budget="per_layer", keep=0.6)
+    arrays = prune.to_disk(d)
+    W = _targets(base, cfg)
+    assert not any(k.startswith(("prune/indices/", "prune/values/")) for k in arrays)
+    theta = prune.apply(base, d)
+    kept = _kept(theta, list(W))
+    for p in W:
+        np.testing.assert_array_equal(arrays[f"prune/dense/{p}"], np.asarray(tree.flatten(theta["params"])[p]))
+    dense_rest = sum(np.asarray(x).nbytes for p, x in tree.flatten(base).items() if p not in W)
+    assert tree.nbytes(arrays) == 4 * sum(x.size for x in W.values()) + dense_rest
+    d2 = prune.from_disk(arrays, base, cfg)
+    a, b = tree.flatten(theta["params"]), tree.flatten(prune.apply(base, d2)["params"])
+    assert list(a) == list(b)
+    for p in a:
+        np.testing.assert_array_equal(np.asarray(a[p]), np.asarray(b[p]))
+    assert prune.stats(base, d2)["kept"] == sum(int(m.sum()) for m in kept.values()) == prune.stats(base, d)["kept"]
+    assert tree.nbytes(prune.to_disk(d2)) == tree.nbytes(arrays)
+    bad = dict(arrays)
+    p0 = next(iter(W))
+    bad[f"prune/dense/{p0}"] = bad[f"prune/dense/{p0}"][:1]
+    with pytest.raises(ValueError, match="stored shape"):
+        prune.from_disk(bad, base, cfg)
 
 
 def test_soft_movement_penalty_by_hand(base):

@@ -36,9 +36,11 @@ steps below the k-th largest score); measured on MiniLM's 10.6M encoder kernels 
 score >= the k-th largest (ties at the threshold are all kept, e.g. at init every S = 0, so
 apply(θ₀, init) = θ₀ under movement).
 Stored δ (`to_disk`): each pruned tensor as int32 flat indices + float32 values of the kept entries of W ⊙ M
-(the exact top-k computed once in numpy, equal to apply's 32-iteration mask), every other leaf dense: about
-8·density·N bytes + the dense rest. `from_disk` gives the mask-free form {θ leaves, prune/indices, prune/values}
-whose apply is the same θ (STORED_FORM_DIFFERS: the round trip preserves θ, not δ's training leaves).
+(the exact top-k computed once in numpy, equal to apply's 32-iteration mask), or, where that would not be
+smaller (a tensor's density ≥ 1/2, e.g. soft movement with a small λ), as the dense W ⊙ M under
+prune/dense/<p>; every other leaf dense: about 4·N·min(2·density_p, 1) bytes per pruned tensor + the dense
+rest. `from_disk` gives the mask-free form {θ leaves, prune/indices, prune/values, prune/dense} whose apply is
+the same θ (STORED_FORM_DIFFERS: the round trip preserves θ, not δ's training leaves).
 
 Config keys:
   targets            regex (re.fullmatch) of the pruned tensors; default the encoder's linear kernels
@@ -238,9 +240,10 @@ def apply(
     prune = delta["prune"]
     dense = {k: v for k, v in delta.items() if k != "prune"}
     flat = tree.flatten(dense)
-    if "indices" in prune:  # stored form: θ_p = scatter(indices_p, values_p), no mask to compute
+    if "indices" in prune:  # stored form: θ_p = scatter(indices_p, values_p) or W ⊙ M as stored, no mask
         base_flat = tree.flatten(base_params)
         idx, val = tree.flatten(prune["indices"]), tree.flatten(prune["values"])
+        flat.update(tree.flatten(prune.get("dense", {})))
         for p in idx:
             shape, dtype = np.shape(base_flat[p]), base_flat[p].dtype
             x = jnp.zeros(int(np.prod(shape)), dtype).at[idx[p]].set(
@@ -283,8 +286,8 @@ def to_disk(delta: Mapping[str, Any]) -> dict[str, np.ndarray]:
     dense = {p: np.asarray(x) for p, x in tree.flatten({k: v for k, v in delta.items() if k != "prune"}).items()}
     if "indices" in prune:
         out = dict(dense)
-        out.update({f"prune/{k}/{p}": np.asarray(x) for k in ("indices", "values")
-                    for p, x in tree.flatten(prune[k]).items()})
+        out.update({f"prune/{k}/{p}": np.asarray(x) for k in ("indices", "values", "dense")
+                    for p, x in tree.flatten(prune.get(k, {})).items()})
         return out
     criterion, budget, paths = _mode(prune)
     hp = {k: np.asarray(v) for k, v in prune["hp"].items()}
@@ -306,22 +309,32 @@ def to_disk(delta: Mapping[str, Any]) -> dict[str, np.ndarray]:
     out = {p: x for p, x in dense.items() if p not in keep}
     for p in paths:
         idx = np.flatnonzero(keep[p]).astype(np.int32)
-        out[f"prune/indices/{p}"] = idx
-        out[f"prune/values/{p}"] = dense[p].reshape(-1)[idx].astype(np.float32)
+        if 2 * idx.size >= keep[p].size:  # 8 bytes per kept entry would not beat 4 per entry
+            out[f"prune/dense/{p}"] = (dense[p] * keep[p].reshape(dense[p].shape)).astype(np.float32)
+        else:
+            out[f"prune/indices/{p}"] = idx
+            out[f"prune/values/{p}"] = dense[p].reshape(-1)[idx].astype(np.float32)
     return out
 
 
 def from_disk(
     arrays: Mapping[str, np.ndarray], base_params: Mapping[str, Any], config: Mapping[str, Any]
 ) -> Any:
-    """The mask-free form {θ leaves, prune/indices, prune/values}: apply gives the stored θ."""
+    """The mask-free form {θ leaves, prune/indices, prune/values, prune/dense}: apply gives the stored θ."""
     cfg = _cfg(config)
     flat = tree.flatten(base_params)
     paths = target_paths(base_params, cfg)
-    expected = {p for p in flat if p not in paths} | {f"prune/{k}/{p}" for k in ("indices", "values") for p in paths}
+    as_dense = [p for p in paths if f"prune/dense/{p}" in arrays]
+    sparse = [p for p in paths if p not in as_dense]
+    expected = ({p for p in flat if p not in paths} | {f"prune/dense/{p}" for p in as_dense}
+                | {f"prune/{k}/{p}" for k in ("indices", "values") for p in sparse})
     if set(arrays) != expected:
         raise ValueError(f"prune: stored arrays differ from the config's δ: {sorted(set(arrays) ^ expected)[:10]}")
-    for p in paths:
+    for p in as_dense:
+        if tuple(arrays[f"prune/dense/{p}"].shape) != tuple(np.shape(flat[p])):
+            raise ValueError(f"prune: prune/dense/{p}: stored shape {arrays[f'prune/dense/{p}'].shape} differs from "
+                             f"the base's {np.shape(flat[p])}")
+    for p in sparse:
         i, v = arrays[f"prune/indices/{p}"], arrays[f"prune/values/{p}"]
         n = int(np.prod(np.shape(flat[p])))
         if i.shape != v.shape or i.ndim != 1:
@@ -331,7 +344,11 @@ def from_disk(
     for p in flat:
         if p not in paths and tuple(arrays[p].shape) != tuple(np.shape(flat[p])):
             raise ValueError(f"prune: {p}: stored shape {arrays[p].shape} differs from the base's {np.shape(flat[p])}")
-    return tree.unflatten({p: jnp.asarray(x) for p, x in arrays.items()})
+    out = tree.unflatten({p: jnp.asarray(x) for p, x in arrays.items()})
+    out.setdefault("prune", {})
+    for k in ("indices", "values"):  # present (maybe empty) so that apply and stats see the stored form
+        out["prune"].setdefault(k, {})
+    return out
 
 
 def num_trainable(base_params: Mapping[str, Any], config: Mapping[str, Any]) -> int:
@@ -345,9 +362,11 @@ def num_trainable(base_params: Mapping[str, Any], config: Mapping[str, Any]) -> 
 def stats(base_params: Mapping[str, Any], delta: Mapping[str, Any]) -> dict[str, Any]:
     """What the loop writes to results.json: the pruned entries' density of the final θ (apply without step)."""
     prune = delta["prune"]
-    if "indices" in prune:
-        kept = sum(int(np.size(x)) for x in tree.flatten(prune["indices"]).values())
-        n = sum(int(np.prod(np.shape(tree.flatten(base_params)[p]))) for p in tree.flatten(prune["indices"]))
+    if "indices" in prune:  # kept = stored sparse entries + the nonzeros of tensors stored dense
+        idx, dense = tree.flatten(prune["indices"]), tree.flatten(prune.get("dense", {}))
+        kept = sum(int(np.size(x)) for x in idx.values()) + sum(int(np.count_nonzero(x)) for x in dense.values())
+        base_flat = tree.flatten(base_params)
+        n = sum(int(np.prod(np.shape(base_flat[p]))) for p in [*idx, *dense])
         return {"pruned_params": n, "kept": kept, "density": kept / n}
     m = jax.jit(masks)(delta)
     kept = sum(int(jnp.sum(x)) for x in m.values())
