@@ -31,6 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--delta", default="{}", help="JSON dict of the method's config keys")
     ap.add_argument("--batch", type=int, default=32, help="global batch size")
     ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--remat", default="none", help="model.remat: none | full | dots | dots_no_batch")
     ap.add_argument("--table", action="store_true", help="print the sharding table (every path and its spec)")
     return ap.parse_args(argv)
 
@@ -72,6 +73,10 @@ def main(argv=None) -> int:
 
     mesh = parallel.make_mesh(dict(zip(parallel.AXES, (int(s) for s in args.mesh.split(",")))))
     cfg = model_config(args.model)
+    if args.remat != "none":
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, remat=args.remat)
     model = build_model(cfg, head=args.head)
     kind = {"sequence_classification": "classification", "token_classification": "tagging"}.get(args.head, args.head)
 
