@@ -267,3 +267,192 @@ def test_lora_and_ia3_on_t5(t5_dirs):
         mod = deltas.get(name)
         with pytest.raises(ValueError, match="T5"):
             mod.init(jax.random.key(0), params, dict(mod.DEFAULTS))
+
+
+# ---------------------------------------------------------------- text-to-text: seq2seq scorer, generate-and-map
+
+SENTS = ["a gorgeous, witty, seductive movie.", "the plot is nothing but boilerplate clichés",
+         "it's a charming and often affecting journey.", "unflinchingly bleak and desperate",
+         "one of the greatest family-oriented fantasy-adventure movies ever."]
+EXAMPLES = [{"text_a": s, "text_b": None, "label": i % 2, "source": f"t:{i}"} for i, s in enumerate(SENTS)]
+FLAN = "{sentence} Is this review good or bad? {mask}"
+
+
+@pytest.fixture(scope="module")
+def t5_wordpiece(tmp_path_factory, hf_offline):
+    """A tiny random T5 (gated-GELU, tied) over MiniLM's WordPiece vocabulary, [SEP] as eos, saved with the
+    tokenizer: the encoder input is [CLS] text [SEP] as a T5 input is text </s>."""
+    import os
+    import shutil
+
+    from conftest import minilm_dir
+
+    d = tmp_path_factory.mktemp("t5_wordpiece")
+    _save_t5(d, dict(vocab_size=30522, feed_forward_proj="gated-gelu", tie_word_embeddings=True, eos_token_id=102,
+                     dropout_rate=0.0), seed=7)
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if os.path.exists(os.path.join(minilm_dir(), f)):
+            shutil.copy(os.path.join(minilm_dir(), f), d / f)
+    return d
+
+
+def _batch(enc, n):
+    from ftlab.data.batching import batches
+
+    (b,) = list(batches(enc, n, shuffle=False, seed=0, epoch=0, pad_id=0, pad_to_multiple_of=8,
+                        drop_remainder=False, pad_final=True))
+    return b
+
+
+@pytest.mark.parametrize("score_eos", [True, False])
+def test_seq2seq_label_scores_equal_brute_force_hf(t5_wordpiece, score_eos):
+    from ftlab.prompts import encode_seq2seq, fill
+    from ftlab.train import prompting
+
+    base, model, params = _ftlab(t5_wordpiece)
+    tok, cfg = base.tokenizer, base.config
+    verbalizer = {"0": ["bad", "unwatchable"], "1": "good"}  # a multi-token word, two words for one label
+    enc = encode_seq2seq(EXAMPLES, tok, FLAN, verbalizer, ("0", "1"), 64, cfg.decoder_start_token_id,
+                         cfg.eos_token_id, score_eos=score_eos)
+    batch = _batch(enc, 8)
+    assert batch["decoder_input_ids"].shape[0] == 8 * 3 and batch["encoder_rows"][3] == 1
+    got = prompting.score_batch(model, {"params": params}, batch, 2)[: len(EXAMPLES)]
+
+    hf = transformers.T5ForConditionalGeneration.from_pretrained(t5_wordpiece).eval()
+    want = np.zeros_like(got)
+    for i, e in enumerate(EXAMPLES):
+        src = torch.tensor([tok(fill(FLAN, e, ""))["input_ids"]])  # [CLS] text [SEP]
+        per_label: dict[int, list[float]] = {0: [], 1: []}
+        for c, word in ((0, "bad"), (0, "unwatchable"), (1, "good")):
+            w = tok(word, add_special_tokens=False)["input_ids"]
+            target = w + ([102] if score_eos else [])
+            with torch.no_grad():
+                logits = hf(input_ids=src, decoder_input_ids=torch.tensor([[0] + target[:-1]])).logits[0]
+            logp = torch.log_softmax(logits, -1)
+            per_label[c].append(sum(logp[j, t].item() for j, t in enumerate(target)))
+        want[i] = [np.mean(per_label[0]), np.mean(per_label[1])]
+    assert len(tok("unwatchable", add_special_tokens=False)["input_ids"]) > 1
+    diff = float(np.abs(got - want).max())
+    print(f"\n[seq2seq scores] score_eos={score_eos}: max|Δ| vs HF brute force = {diff:.2e}")
+    assert diff <= 1e-4, diff
+
+    # The loss is CE over these label scores and trains: a few SGD steps of LoRA lower it.
+    from ftlab import deltas
+
+    lora = deltas.get("lora")
+    lcfg = {**lora.DEFAULTS, "r": 4, "train_head": False}
+    delta = lora.init(jax.random.key(0), params, lcfg)
+    loss_fn = prompting.make_loss(2)
+    feed = {k: jnp.asarray(v) for k, v in batch.items()}
+
+    @jax.jit
+    def loss_of(d):
+        logits = model.apply(lora.apply(params, d), feed["input_ids"], **prompting.model_inputs(feed))
+        return loss_fn(logits, feed, 0)[0]
+
+    mask = lora.trainable(delta)
+    first = float(loss_of(delta))
+    for _ in range(5):
+        g = jax.grad(loss_of)(delta)
+        delta = jax.tree_util.tree_map(lambda x, gx, m: x - 0.5 * gx if m else x, delta, g, mask)
+    assert float(loss_of(delta)) < first
+
+
+def test_read_label_hand_checked():
+    from ftlab.train.generation_eval import NO_LABEL, read_label, stop_strings, word_labels
+
+    words = word_labels({"0": ["terrible", "Bad"], "1": "great"}, ("0", "1"))
+    assert words == {"terrible": 0, "bad": 0, "great": 1}
+    stops = stop_strings("{sentence} It was {mask}.")
+    assert stops == ["\n", "."]
+    cases = {" great": 1, "Great.": 1, " TERRIBLE. The acting": 0, "bad\nreally": 0, " great movie": NO_LABEL,
+             "greatness": NO_LABEL, "": NO_LABEL, " good": NO_LABEL}
+    assert {t: read_label(t, words, stops) for t in cases} == cases
+    assert stop_strings(FLAN) == ["\n"]
+    with pytest.raises(ValueError, match="names labels"):
+        word_labels({"0": "great", "1": "Great "}, ("0", "1"))
+
+
+def test_generate_and_map_t5_equals_hf_generation(t5_wordpiece):
+    """T5 generation mode against HF `generate` on the same encoder inputs, with a verbalizer built from what the
+    model says for example 0 (-> label 1) and the first example that says something else (-> label 0); the
+    others map to those labels when they say the same, else count as unmatched."""
+    from ftlab.prompts import fill
+    from ftlab.train.generation_eval import generate_and_map
+
+    base, model, params = _ftlab(t5_wordpiece)
+    tok = base.tokenizer
+    hf = transformers.T5ForConditionalGeneration.from_pretrained(t5_wordpiece).eval()
+    n_new = 3
+    texts = []
+    for e in EXAMPLES:
+        src = torch.tensor([tok(fill(FLAN, e, ""))["input_ids"]])
+        with torch.no_grad():
+            out = hf.generate(input_ids=src, do_sample=False, num_beams=1, max_new_tokens=n_new).numpy()[0, 1:]
+        out = [int(t) for t in out]
+        out = out[: out.index(102)] if 102 in out else out
+        texts.append(tok.decode(out, skip_special_tokens=True))
+    j = next(k for k, t in enumerate(texts) if t != texts[0])  # the first example saying something else
+    assert texts[0].strip() and texts[j].strip(), texts
+    verbalizer = {"1": texts[0], "0": texts[j]}
+    res = generate_and_map(model, {"params": params}, EXAMPLES, tok, FLAN, verbalizer, ("0", "1"), 64,
+                           max_new_tokens=n_new, batch_size=4)
+    assert res["generations"] == texts
+    expect = [{texts[0].lower(): 1, texts[j].lower(): 0}.get(t.strip().lower(), -1) for t in texts]
+    assert res["predictions"] == expect and (expect[0], expect[j]) == (1, 0)
+    right = sum(p == e["label"] for p, e in zip(expect, EXAMPLES, strict=True))
+    assert res["accuracy"] == right / len(EXAMPLES)
+    assert res["unmatched"] == expect.count(-1) == res["predicted"]["(none)"]
+    print(f"\n[generate-and-map] t5: {texts} -> {expect}")
+
+
+def test_generate_and_map_causal_lm_equals_hf_generation(tmp_path, hf_offline):
+    """The causal path (Llama): left-padded prompts = [CLS] + the template up to the slot; generations equal HF
+    `generate` on each unpadded prompt, cut at the template's '.' after the slot."""
+    import os
+    import shutil
+
+    from conftest import minilm_dir
+
+    from ftlab.prompts import fill
+    from ftlab.train.generation_eval import generate_and_map
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                   tie_word_embeddings=True, bos_token_id=101, eos_token_id=102, pad_token_id=0)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=g))
+    hf.save_pretrained(tmp_path)
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if os.path.exists(os.path.join(minilm_dir(), f)):
+            shutil.copy(os.path.join(minilm_dir(), f), tmp_path / f)
+    base = load_base(tmp_path)
+    tok = base.tokenizer
+    model = build_model(base.config, "causal_lm")
+    params, fresh = init_params(model, jax.random.key(0), base.params, np.zeros((1, 4), np.int32))
+    assert fresh == []
+    template = "{sentence} It was {mask}."
+    texts = []
+    for e in EXAMPLES:
+        prompt = fill(template, e, "\0").split(" \0")[0]
+        ids = torch.tensor([[101] + tok(prompt, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            out = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, num_beams=1,
+                              max_new_tokens=3, pad_token_id=0).numpy()[0, ids.shape[1]:]
+        out = [int(t) for t in out]
+        out = out[: out.index(102)] if 102 in out else out
+        texts.append(tok.decode(out, skip_special_tokens=True).split("\n")[0].split(".")[0])
+    j = next(k for k, t in enumerate(texts) if t.strip().lower() != texts[0].strip().lower())
+    verbalizer = {"0": texts[0].strip(), "1": texts[j].strip()}
+    res = generate_and_map(model, {"params": params}, EXAMPLES, tok, template, verbalizer, ("0", "1"), 48,
+                           max_new_tokens=3, batch_size=4)
+    assert [t.split("\n")[0].split(".")[0] for t in res["generations"]] == texts
+    expect = [{texts[0].strip().lower(): 0, texts[j].strip().lower(): 1}.get(t.strip().lower(), -1) for t in texts]
+    assert res["predictions"] == expect
+    assert res["accuracy"] == sum(p == e["label"] for p, e in zip(expect, EXAMPLES, strict=True)) / len(EXAMPLES)
+    assert res["unmatched"] == expect.count(-1)
+    print(f"\n[generate-and-map] llama: {res['generations']} -> {expect}")
