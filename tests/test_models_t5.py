@@ -456,3 +456,23 @@ def test_generate_and_map_causal_lm_equals_hf_generation(tmp_path, hf_offline):
     assert res["accuracy"] == sum(p == e["label"] for p, e in zip(expect, EXAMPLES, strict=True)) / len(EXAMPLES)
     assert res["unmatched"] == expect.count(-1)
     print(f"\n[generate-and-map] llama: {res['generations']} -> {expect}")
+
+
+def test_fewshot_script_t5_zero_shot_and_generate(t5_wordpiece, shared_data, tmp_path):
+    import importlib.util
+    import os
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("fewshot", os.path.join(REPO, "scripts", "fewshot.py"))
+    fewshot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fewshot)
+    common = ["--task", "sst2", "--model", str(t5_wordpiece), "--data-dir", shared_data, "--limit", "6",
+              "--batch-size", "4", "--max-length", "48", "--progress", "0"]
+    zs = fewshot.main(["--mode", "zero_shot", *common])
+    assert zs["scorer"] == "seq2seq" and zs["n"] == 6 and sum(zs["predicted"].values()) == 6
+    gen = fewshot.main(["--mode", "generate", *common, "--out", str(tmp_path / "g.json")])
+    assert gen["n"] == 6 and sum(gen["predicted"].values()) == 6 and 0 <= gen["accuracy"] <= 1
+    # A random model says neither "terrible" nor "great": every generation is unmatched and counted wrong.
+    assert gen["unmatched"] == 6 and gen["accuracy"] == 0.0 and len(gen["unmatched_examples"]) == 5
+    assert json.loads((tmp_path / "g.json").read_text())["unmatched"] == 6
