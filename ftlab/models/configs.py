@@ -284,6 +284,9 @@ class T5Config:
             object.__setattr__(self, "num_decoder_layers", self.num_layers)
         if self.scale_decoder_outputs is None:
             object.__setattr__(self, "scale_decoder_outputs", self.tie_word_embeddings)
+        if self.attention != "xla":
+            raise ValueError(f"T5Config: attention={self.attention!r} is not available for T5 (its relative position "
+                             "bias needs the explicit 'xla' attention)")
         parts = self.feed_forward_proj.split("-")
         if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
             raise ValueError(f"T5Config: feed_forward_proj {self.feed_forward_proj!r} is not 'ACT' or 'gated-ACT'")
