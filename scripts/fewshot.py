@@ -2,9 +2,13 @@
 
     python scripts/fewshot.py --mode zero_shot --task sst2 --model smollm2
     python scripts/fewshot.py --mode in_context --task sst2 --kshot 16-42 --model smollm2
+    python scripts/fewshot.py --mode generate --task sst2 --model smollm2      # or a local T5 folder
 
 zero_shot: each evaluation example is written into the pattern's template and the label whose word scores
-highest wins (`ftlab.train.prompting`; cloze for encoders, causal for decoders). in_context (causal LMs): the
+highest wins (`ftlab.train.prompting`; cloze for encoders, causal for decoders, seq2seq for T5 with
+`--slot-text`, `ftlab.prompts.seq2seq`). generate (causal LMs and T5): the model generates greedily after the
+prompt and the text is read back through the verbalizer (exact match after strip/lower; a generation matching
+no word counts as wrong and is reported as `unmatched`; `ftlab.train.generation_eval`). in_context (causal LMs): the
 K-shot train examples of `--kshot`, each filled with its label word, in an order drawn with `--order-seed`,
 separated by newlines, form a prefix before every evaluation example (GPT-3 style); demonstrations are dropped
 from the end until the prefix plus `--max-length` tokens fit `--max-context`. The prefix is run once into a KV
@@ -25,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=("zero_shot", "in_context"), required=True)
+    p.add_argument("--mode", choices=("zero_shot", "in_context", "generate"), required=True)
     p.add_argument("--task", default="sst2")
     p.add_argument("--kshot", default="16-42", help="K-shot split whose train examples are the demonstrations")
     p.add_argument("--kshot-dir", default="")
@@ -35,7 +39,12 @@ def main(argv=None) -> dict:
     p.add_argument("--template", default="")
     p.add_argument("--verbalizer", default="")
     p.add_argument("--scorer", default="auto")
-    p.add_argument("--no-suffix", action="store_true", help="causal: score only the label word, not the text after")
+    p.add_argument("--no-suffix", action="store_true",
+                   help="causal: score only the label word, not the text after; seq2seq: not the eos after it")
+    p.add_argument("--slot-text", default="", help="T5: what the encoder reads in the {mask} slot ('' = drop it; "
+                   "'<extra_id_0>' for T5's span-corruption form)")
+    p.add_argument("--max-new-tokens", type=int, default=0,
+                   help="generate: tokens to generate (0 = the longest label word's tokens + 1)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per evaluation example")
     p.add_argument("--max-context", type=int, default=2048, help="in_context: prefix + example tokens")
     p.add_argument("--order-seed", type=int, default=0)
@@ -53,8 +62,10 @@ def main(argv=None) -> dict:
     from ftlab.models import build_model, family, init_params
     from ftlab.prompts import encode_prompts
     from ftlab.prompts.encode import demonstrations
+    from ftlab.prompts.seq2seq import encode_seq2seq
     from ftlab.tasks import get_task, kshot, resolve_data_dir
     from ftlab.train import prompting
+    from ftlab.train.generation_eval import generate_and_map
 
     t0 = time.time()
     task = get_task(a.task)
@@ -63,7 +74,9 @@ def main(argv=None) -> dict:
     prompt = prompting.resolve({"pattern": a.pattern, "template": a.template, "verbalizer": a.verbalizer,
                                 "scorer": a.scorer, "score_suffix": not a.no_suffix}, task, family(base.config))
     if a.mode == "in_context" and prompt["scorer"] != "causal":
-        raise SystemExit("in_context needs a causal LM (the cloze scorer has no shared prefix)")
+        raise SystemExit("in_context needs a causal LM (the cloze and seq2seq scorers have no shared prefix)")
+    if a.mode == "generate" and prompt["scorer"] == "cloze":
+        raise SystemExit("generate needs a causal LM or T5 (a masked LM does not generate)")
     model = build_model(base.config, prompt["head"])
     params, fresh = init_params(model, jax.random.key(0), base.params, np.zeros((1, 4), np.int32))
     if fresh:
@@ -74,8 +87,26 @@ def main(argv=None) -> dict:
     examples = kshot.read(task, "test", data_dir, a.kshot)
     if a.limit:
         examples = examples[: a.limit]
-    enc = encode_prompts(examples, tok, prompt["template"], prompt["verbalizer"], task.label_names, a.max_length,
-                         prompt["scorer"], prompt["score_suffix"])
+    common = {"mode": a.mode, "task": task.name, "model": a.model, "template": prompt["template"],
+              "verbalizer": prompt["verbalizer"], "eval_split": kshot.TEST_SPLIT.get(task.name)}
+    if a.mode == "generate":
+        t_load, t = time.time() - t0, time.time()
+        res = generate_and_map(model, variables, examples, tok, prompt["template"], prompt["verbalizer"],
+                               task.label_names, a.max_length, a.max_new_tokens or None, a.batch_size, a.slot_text)
+        result = {**common, "slot_text": a.slot_text, "n": res["n"], "accuracy": res["accuracy"],
+                  "unmatched": res["unmatched"], "predicted": res["predicted"],
+                  "unmatched_examples": res["unmatched_examples"], "max_new_tokens": res["max_new_tokens"],
+                  "load_seconds": round(t_load, 1), "generate_seconds": round(time.time() - t, 1),
+                  "device": jax.devices()[0].device_kind}
+        return _emit(result, a.out)
+    if prompt["scorer"] == "seq2seq":
+        c = base.config
+        enc = encode_seq2seq(examples, tok, prompt["template"], prompt["verbalizer"], task.label_names,
+                             a.max_length, c.decoder_start_token_id, c.eos_token_id, prompt["score_suffix"],
+                             a.slot_text)
+    else:
+        enc = encode_prompts(examples, tok, prompt["template"], prompt["verbalizer"], task.label_names,
+                             a.max_length, prompt["scorer"], prompt["score_suffix"])
     t_load = time.time() - t0
 
     info: dict = {}
@@ -115,9 +146,13 @@ def main(argv=None) -> dict:
               "predicted": {task.label_names[c]: preds.count(c) for c in range(task.num_labels)},
               **info, "load_seconds": round(t_load, 1), "score_seconds": round(t_score, 1),
               "device": jax.devices()[0].device_kind}
+    return _emit(result, a.out)
+
+
+def _emit(result: dict, out: str) -> dict:
     print(json.dumps(result))
-    if a.out:
-        with open(a.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             json.dump(result, f, indent=1)
     return result
 

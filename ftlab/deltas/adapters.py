@@ -61,8 +61,15 @@ _SITES = {
 _LAYERS = {"bert": "backbone/encoder/layer/{}", "llama": "backbone/layers/{}", "gpt2": "backbone/h/{}"}
 
 
-def sites(base_params: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+def _family(base_params: Mapping[str, Any]) -> str:
     fam = _module.family(base_params)
+    if fam == "t5":
+        raise ValueError("adapters: ftlab's T5 has no adapter sites (supported: bert, llama, gpt2)")
+    return fam
+
+
+def sites(base_params: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    fam = _family(base_params)
     key = (fam, config["placement"])
     if key not in _SITES:
         raise ValueError(f"adapters: unknown placement {config['placement']!r} (houlsby, pfeiffer)")
@@ -72,7 +79,7 @@ def sites(base_params: Mapping[str, Any], config: Mapping[str, Any]) -> list[str
 
 def dims(base_params: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[int, int]:
     """(D, bottleneck m)."""
-    fam = _module.family(base_params)
+    fam = _family(base_params)
     bb = base_params["backbone"]
     table = (
         bb["embeddings"]["word_embeddings"]

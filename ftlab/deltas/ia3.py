@@ -9,7 +9,8 @@ For a target Dense with kernel W [in, out]:
 initialised to ones, so apply(θ₀, init(θ₀)) is exactly θ₀'s function. The default targets are Hugging Face
 PEFT's for the family, matched the way PEFT matches its suffixes: BERT key, value and every `output.dense`
 (the FFN output *and* the attention output projection, both feed-forward style), Llama k_proj, v_proj and
-down_proj (feed-forward), GPT-2 c_attn and mlp/c_proj (feed-forward).
+down_proj (feed-forward), GPT-2 c_attn and mlp/c_proj (feed-forward), T5 k, v (self- and cross-attention)
+and DenseReluDense/wo (feed-forward).
 
 Config keys:
   targets         regex or list of regexes over Dense module paths; '' = the family default above
@@ -41,11 +42,13 @@ DEFAULT_TARGETS = {
     "bert": [_L["bert"] + r"/attention/self/(?:key|value)", _L["bert"] + r"/(?:attention/)?output/dense"],
     "llama": [_L["llama"] + r"/self_attn/(?:k_proj|v_proj)", _L["llama"] + r"/mlp/down_proj"],
     "gpt2": [_L["gpt2"] + r"/attn/c_attn", _L["gpt2"] + r"/mlp/c_proj"],
+    "t5": [_L["t5"] + r"/layer/\d+/(?:SelfAttention|EncDecAttention)/(?:k|v)", _L["t5"] + r"/layer/\d+/DenseReluDense/wo"],
 }
 DEFAULT_FEEDFORWARD = {
     "bert": _L["bert"] + r"/(?:attention/)?output/dense",
     "llama": _L["llama"] + r"/mlp/down_proj",
     "gpt2": _L["gpt2"] + r"/mlp/c_proj",
+    "t5": _L["t5"] + r"/layer/\d+/DenseReluDense/wo",
 }
 
 

@@ -19,7 +19,8 @@ Config keys:
   alpha           scaling numerator (s = alpha / r)
   dropout         LoRA dropout on the A path's input (training only)
   targets         regex or list of regexes over module paths (Dense or Embed); '' = the family default
-                  (BERT query/value, Llama q_proj/v_proj, GPT-2 c_attn: PEFT's defaults)
+                  (BERT query/value, Llama q_proj/v_proj, GPT-2 c_attn, T5 q/v of self- and cross-attention
+                  in both stacks: PEFT's defaults)
   use_rslora      s = alpha / √r
   train_head      train a copy of head/... (default True)
   modules_to_save regexes of further base leaves trained directly
@@ -55,6 +56,7 @@ DEFAULT_TARGETS = {
     "bert": _module.LAYER_PREFIX["bert"] + r"/attention/self/(?:query|value)",
     "llama": _module.LAYER_PREFIX["llama"] + r"/self_attn/(?:q_proj|v_proj)",
     "gpt2": _module.LAYER_PREFIX["gpt2"] + r"/attn/c_attn",
+    "t5": _module.LAYER_PREFIX["t5"] + r"/layer/\d+/(?:SelfAttention|EncDecAttention)/(?:q|v)",
 }
 
 

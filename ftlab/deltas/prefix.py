@@ -54,6 +54,8 @@ _SITES = {
 
 
 def site(base_params: Mapping[str, Any], i: int) -> str:
+    if _module.family(base_params) == "t5":
+        raise ValueError("prefix tuning: ftlab's T5 has no prefix site (supported: bert, llama, gpt2)")
     return _SITES[_module.family(base_params)].format(i)
 
 

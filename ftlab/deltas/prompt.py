@@ -40,12 +40,15 @@ DEFAULTS: dict[str, Any] = {
 
 
 def site(base_params: Mapping[str, Any]) -> str:
+    if _module.family(base_params) == "t5":
+        raise ValueError("prompt tuning: ftlab's T5 has no soft-prompt site (supported: bert, llama, gpt2)")
     return "backbone/embeddings/prompt" if _module.family(base_params) == "bert" else "backbone/prompt"
 
 
 def word_embeddings(base_params: Mapping[str, Any]) -> Any:
     bb = base_params["backbone"]
     fam = _module.family(base_params)
+    site(base_params)  # refuses T5
     if fam == "bert":
         return bb["embeddings"]["word_embeddings"]["embedding"]
     return bb["embed_tokens" if fam == "llama" else "wte"]["embedding"]

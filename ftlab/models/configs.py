@@ -1,6 +1,7 @@
 """Model configs: frozen dataclasses whose fields mirror Hugging Face config names, plus ftlab fields.
 
-`BertConfig` (BERT, RoBERTa, MiniLM), `LlamaConfig` (Llama, SmolLM2, Qwen2-style q/k/v biases), `GPT2Config`.
+`BertConfig` (BERT, RoBERTa, MiniLM), `LlamaConfig` (Llama, SmolLM2, Qwen2-style q/k/v biases), `GPT2Config`,
+`T5Config` (T5 v1.0, T5 v1.1 / Flan-T5 encoder–decoder).
 `Cfg.from_hf(d)` reads a Hugging Face `config.json` dict (unknown `model_type` or architecture raises naming
 it; keys ftlab does not model are ignored unless they change the computation, then they raise);
 `cfg.to_hf()` writes one that `transformers.AutoConfig.for_model(**d)` accepts.
@@ -241,7 +242,86 @@ class GPT2Config:
         return _to_hf(self)
 
 
-ModelConfig = BertConfig | LlamaConfig | GPT2Config
+T5_ARCHITECTURES = {"T5ForConditionalGeneration", "T5Model"}
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    """T5 encoder–decoder: relative position buckets, RMS norm without bias, ReLU (v1.0) or gated-GELU (v1.1,
+    Flan-T5) feed-forward from `feed_forward_proj` ('relu', 'gated-gelu', 'gelu', 'gated-silu', ...).
+
+    `tie_word_embeddings`: the LM head is the `shared` table (no head/lm_head parameter); `scale_decoder_outputs`
+    (default = tie_word_embeddings, as HF) multiplies the decoder output by d_model**-0.5 before the LM head.
+    A checkpoint's own tensors settle tying (ftlab.checkpoint.hf: an lm_head that differs from `shared`
+    unties it, as transformers does). `decoder_start_token_id`: the decoder's first input (T5: 0 = pad).
+    """
+
+    vocab_size: int = 32128
+    d_model: int = 512
+    d_kv: int = 64
+    d_ff: int = 2048
+    num_layers: int = 6
+    num_decoder_layers: int | None = None
+    num_heads: int = 8
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    dropout_rate: float = 0.1
+    layer_norm_epsilon: float = 1e-6
+    initializer_factor: float = 1.0
+    feed_forward_proj: str = "relu"
+    tie_word_embeddings: bool = True
+    scale_decoder_outputs: bool | None = None
+    pad_token_id: int | None = 0
+    eos_token_id: int | None = 1
+    decoder_start_token_id: int | None = None
+    model_type: str = "t5"
+    dtype: str = "float32"
+    remat: bool | str = False
+    attention: str = "xla"
+
+    def __post_init__(self) -> None:
+        if self.num_decoder_layers is None:
+            object.__setattr__(self, "num_decoder_layers", self.num_layers)
+        if self.scale_decoder_outputs is None:
+            object.__setattr__(self, "scale_decoder_outputs", self.tie_word_embeddings)
+        if self.attention != "xla":
+            raise ValueError(f"T5Config: attention={self.attention!r} is not available for T5 (its relative position "
+                             "bias needs the explicit 'xla' attention)")
+        parts = self.feed_forward_proj.split("-")
+        if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
+            raise ValueError(f"T5Config: feed_forward_proj {self.feed_forward_proj!r} is not 'ACT' or 'gated-ACT'")
+
+    @property
+    def is_gated_act(self) -> bool:
+        return self.feed_forward_proj.startswith("gated-")
+
+    @property
+    def dense_act_fn(self) -> str:
+        """HF's activation name for the feed-forward ('gated-gelu' means the tanh GELU, 'gelu_new')."""
+        return "gelu_new" if self.feed_forward_proj == "gated-gelu" else self.feed_forward_proj.split("-")[-1]
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> T5Config:
+        if d.get("model_type") != "t5":
+            raise ValueError(f"T5Config: unknown model_type {d.get('model_type')!r} (expected t5)")
+        _check_architectures(d, T5_ARCHITECTURES, "t5")
+        if d.get("is_encoder_decoder") is False or d.get("is_decoder"):
+            raise ValueError("T5Config: only the encoder–decoder T5 is supported (is_encoder_decoder=True, "
+                             "is_decoder=False)")
+        eos = d.get("eos_token_id")
+        if isinstance(eos, list):
+            raise ValueError(f"T5Config: a list eos_token_id {eos} is not supported")
+        return _pick(cls, d)
+
+    def to_hf(self) -> dict[str, Any]:
+        d = _to_hf(self)
+        d["is_encoder_decoder"] = True
+        if d["decoder_start_token_id"] is None:
+            d.pop("decoder_start_token_id")
+        return d
+
+
+ModelConfig = BertConfig | LlamaConfig | GPT2Config | T5Config
 
 
 def config_from_hf(d: dict[str, Any]) -> ModelConfig:
@@ -253,15 +333,19 @@ def config_from_hf(d: dict[str, Any]) -> ModelConfig:
         return LlamaConfig.from_hf(d)
     if mt == "gpt2":
         return GPT2Config.from_hf(d)
-    raise ValueError(f"unknown model_type {mt!r} (supported: bert, roberta, llama, qwen2, gpt2)")
+    if mt == "t5":
+        return T5Config.from_hf(d)
+    raise ValueError(f"unknown model_type {mt!r} (supported: bert, roberta, llama, qwen2, gpt2, t5)")
 
 
 def family(config: ModelConfig) -> str:
-    """'bert' | 'llama' | 'gpt2'."""
+    """'bert' | 'llama' | 'gpt2' | 't5'."""
     if isinstance(config, BertConfig):
         return "bert"
     if isinstance(config, LlamaConfig):
         return "llama"
     if isinstance(config, GPT2Config):
         return "gpt2"
+    if isinstance(config, T5Config):
+        return "t5"
     raise TypeError(f"not an ftlab model config: {type(config).__name__}")

@@ -2,10 +2,12 @@
 
 A prompt batch (`ftlab.prompts.encode`, shapes there: B examples, R rows each, Q verbalizer choices, M target
 tokens per choice, C labels) is run through a model with an LM head ('masked_lm' for the cloze scorer,
-'causal_lm' for the causal one), giving logits [B*R, T, V]. Then
+'causal_lm' for the causal one, 'seq2seq_lm' for T5's seq2seq scorer, whose R = Q rows are decoder rows
+reading one encoder row per example, `ftlab.prompts.seq2seq`), giving logits [B*R, T, V]. Then
 
     choice score  s[b, q] = Σ_m w[b,q,m] · log_softmax(logits[row[b,q], pos[b,q,m]])[tok[b,q,m]]
-                   (causal: sum of the label word's (and suffix's) log-probs; cloze: their mean over the masks)
+                   (causal: sum of the label word's (and suffix's) log-probs; cloze: their mean over the masks;
+                    seq2seq: sum of the decoder's log-probs of the word's tokens (and eos), teacher-forced)
     label score   z[b, c] = mean of s[b, q] over the choices q of label c
 
 Prompt-based fine-tuning (LM-BFF, PET) minimises cross-entropy over z: softmax over the label words' scores,
@@ -29,7 +31,8 @@ import numpy as np
 from ftlab.train import losses
 
 Array = jax.Array
-HEADS = {"cloze": "masked_lm", "causal": "causal_lm"}
+HEADS = {"cloze": "masked_lm", "causal": "causal_lm", "seq2seq": "seq2seq_lm"}
+FAMILY_SCORER = {"bert": "cloze", "llama": "causal", "gpt2": "causal", "t5": "seq2seq"}
 
 
 def choice_scores(logits: Array, batch: dict) -> Array:
@@ -59,10 +62,12 @@ def make_loss(num_labels: int) -> Callable:
 
 
 def model_inputs(batch: dict) -> dict:
-    """Model keyword inputs of a prompt batch (position ids when the rows are left-padded)."""
+    """Model keyword inputs of a prompt batch (position ids when the rows are left-padded; the decoder rows
+    of a seq2seq batch)."""
     kw = {"attention_mask": batch["attention_mask"]}
-    if "position_ids" in batch:
-        kw["position_ids"] = batch["position_ids"]
+    for k in ("position_ids", "decoder_input_ids", "decoder_attention_mask", "encoder_rows"):
+        if k in batch:
+            kw[k] = batch[k]
     return kw
 
 
@@ -75,7 +80,7 @@ def _scores(model, variables, batch, num_labels):
 def score_batch(model: Any, variables: dict, batch: dict, num_labels: int) -> np.ndarray:
     """Label scores [B, C] of one prompt batch (jitted per shape)."""
     keys = ("input_ids", "attention_mask", "position_ids", "choice_row", "choice_pos", "choice_tok", "choice_w",
-            "choice_label")
+            "choice_label", "decoder_input_ids", "decoder_attention_mask", "encoder_rows")
     return np.asarray(_scores(model, variables, {k: batch[k] for k in keys if k in batch}, num_labels))
 
 
@@ -123,7 +128,7 @@ DEFAULTS = {
     "pattern": "",        # '' = off; "<task>:<i>" or "<i>" (a pattern of ftlab.prompts.patterns for task.name)
     "template": "",       # overrides the pattern's template, e.g. "{sentence} It was {mask}."
     "verbalizer": "",     # overrides the pattern's words: "0=terrible|1=great" (or a dict in a config file)
-    "scorer": "auto",     # cloze (masked LM) | causal (causal LM) | auto (cloze for encoders, causal for decoders)
+    "scorer": "auto",     # cloze (masked LM) | causal (causal LM) | seq2seq (T5) | auto (the model family's)
     "score_suffix": True,  # causal: also score the template text after the label word
     "demos": "none",      # LM-BFF demonstrations (ftlab.prompts.demos): none | random | similar (MiniLM cosine)
     "demo_sets": 1,       # demonstration sets per evaluation input; label scores are averaged over them
@@ -151,12 +156,12 @@ def resolve(prompt_cfg: Any, task: Any, model_family: str) -> dict[str, Any] | N
     parse_verbalizer(verbalizer, task.label_names, "prompt.verbalizer")
     scorer = prompt_cfg.get("scorer", "auto")
     if scorer == "auto":
-        scorer = "cloze" if model_family == "bert" else "causal"
+        scorer = FAMILY_SCORER[model_family]
     if scorer not in HEADS:
         raise ValueError(f"prompt.scorer={scorer!r}: choose from auto, {', '.join(HEADS)}")
-    if (scorer == "cloze") != (model_family == "bert"):
-        raise ValueError(f"prompt.scorer={scorer!r} does not fit a {model_family} model "
-                         "(cloze needs an encoder with a masked-LM head, causal a decoder)")
+    if scorer != FAMILY_SCORER[model_family]:
+        raise ValueError(f"prompt.scorer={scorer!r} does not fit a {model_family} model (cloze needs an encoder "
+                         "with a masked-LM head, causal a decoder, seq2seq an encoder–decoder)")
     demos = prompt_cfg.get("demos", "none")
     if demos not in ("none", "random", "similar"):
         raise ValueError(f"prompt.demos={demos!r}: choose from none, random, similar")
