@@ -35,7 +35,7 @@ PAGES = ["README.md"] + sorted(os.path.join("docs", f) for f in os.listdir(os.pa
 SKIP = {"bash scripts/test.sh": "the test suite itself", "bash scripts/test.sh -m slow": "the test suite itself"}
 COMMAND_START = (".venv/bin/", "python scripts/", "bash scripts/")
 # A template: placeholders in angle brackets, `a|b` alternatives, or an all-capitals argument (OUT, DIR, W).
-TEMPLATE = re.compile(r"<[^>]*>|\S\|\S|(?:^|\s)[A-Z]{1,5}(?=\s|$)")
+TEMPLATE = re.compile(r"<[^>]*>|\S\|\S|(?:^|\s)[A-Z][A-Z0-9_]*(?=\s|$)")
 GPU_ONLY = ("bash scripts/gpu_bench.sh",)
 GENERATED = {"scripts/report.py": "docs/results.md", "scripts/methods_doc.py": "docs/methods.md"}
 
@@ -56,12 +56,23 @@ def shell_blocks(page: str) -> list[list[str]]:
     return blocks
 
 
+def is_template(cmd: str) -> bool:
+    """A command's form with placeholders (quoted arguments, e.g. a verbalizer "0=bad|1=good", do not count)."""
+    return bool(TEMPLATE.search(re.sub(r"\"[^\"]*\"|'[^']*'", "''", cmd)))
+
+
 def inline_commands(page: str) -> list[str]:
     """Commands written in `page`'s prose: inline code spans (one may wrap onto the next line) and 4-space
     indented lines that start like a command; fenced blocks are left to `shell_blocks`."""
-    text = re.sub(r"```.*?```", "", open(os.path.join(REPO, page)).read(), flags=re.S)
+    full = open(os.path.join(REPO, page)).read()
+    other_blocks = [b for lang, b in re.findall(r"```(\w*)\n(.*?)```", full, re.S)
+                    if lang not in ("bash", "sh", "shell", "console")]
+    text = re.sub(r"```.*?```", "", full, flags=re.S)
     spans = [" ".join(m.split()) for m in re.findall(r"`([^`\n]+(?:\n[^`\n]+)?)`", text)]
-    spans += [re.sub(r"\s+#.*$", "", ln).strip() for ln in text.splitlines() if ln.startswith("    ")]
+    lines = [ln for ln in text.splitlines() if ln.startswith("    ")]
+    for b in other_blocks:  # a command shown in a text block is still a command
+        lines += b.replace("\\\n", " ").splitlines()
+    spans += [re.sub(r"\s+#.*$", "", ln).strip() for ln in lines]
     out = []
     for sp in spans:
         if sp.startswith(COMMAND_START) and sp not in out:
@@ -85,6 +96,8 @@ def shorten(cmd: str, tmp: str, tiny: str) -> list[str]:
             a = "--config.delta.k=1"
         elif i and argv[i - 1] == "--seeds":  # a seed sweep: two seeds show the program works
             a = "2"
+        elif i and argv[i - 1] == "--limit":  # few-shot evaluation of the real model: a handful of examples
+            a = "8"
         elif re.match(r"^(runs/|/tmp/|hf_|curves\.png)", a) or (i and argv[i - 1] == "--out"):
             a = os.path.join(tmp, a.lstrip("/"))
         out.append(a)
@@ -117,12 +130,14 @@ def _run_one(cmd: str, tmp_path, tiny_bert_dir, env: dict) -> None:
 
 def test_inline_command_detection():
     """The prose rules on made-up text: what counts as a command, what as a template."""
-    assert TEMPLATE.search("bash scripts/gpu_bench.sh mfu|minilm|smollm2 OUT")
-    assert TEMPLATE.search("bash scripts/run_experiments.sh <config names>")
-    assert TEMPLATE.search(".venv/bin/ftlab eval --workdir W --split test")
-    assert not TEMPLATE.search(".venv/bin/ftlab bench --models minilm,smollm2 --out docs/bench")
-    assert not TEMPLATE.search("python scripts/stability.py runs/stability/cola-vanilla --out docs/stability")
-    assert not TEMPLATE.search("python scripts/bench.py --config.train.lr=3e-5 --model HF_DIR/x")
+    assert is_template("bash scripts/gpu_bench.sh mfu|minilm|smollm2 OUT")
+    assert is_template("bash scripts/run_experiments.sh <config names>")
+    assert is_template(".venv/bin/ftlab eval --workdir W --split test")
+    assert not is_template(".venv/bin/ftlab bench --models minilm,smollm2 --out docs/bench")
+    assert not is_template("python scripts/stability.py runs/stability/cola-vanilla --out docs/stability")
+    assert not is_template("python scripts/bench.py --config.train.lr=3e-5 --model HF_DIR/x")
+    assert is_template(".venv/bin/python scripts/fewshot.py --mode zero_shot --task sst2 --model T5_FOLDER")
+    assert not is_template('python scripts/fewshot.py --mode generate --verbalizer "0=bad|1=good" --limit 8')
 
 
 @pytest.mark.slow
@@ -161,7 +176,7 @@ def test_every_documented_command_runs(tmp_path, tiny_bert_dir):
                 assert os.path.isfile(os.path.join(REPO, script)), f"{page}: {cmd!r} names a missing {script}"
             if cmd.startswith(GPU_ONLY):
                 gpu.append(cmd)
-            elif TEMPLATE.search(cmd):
+            elif is_template(cmd):
                 templates.append(cmd)
             elif cmd in ran or cmd in SKIP:
                 continue
