@@ -258,6 +258,11 @@ def check_config(cfg: config_lib.Config) -> dict[str, Any]:
         refused.append("prompt-based training (prompt.pattern / prompt.template)")
     if cfg.task.get("kshot"):
         refused.append(f"task.kshot={cfg.task.kshot!r}")
+    for key in ("soft_labels", "train_extra"):  # one file of pseudo-labelled examples cannot serve every task
+        if cfg.task.get(key):
+            refused.append(f"task.{key}={cfg.task[key]!r}")
+    if cfg.get("pet", {}).get("patterns"):
+        refused.append("PET (pet.patterns; scripts/pet.py)")
     refused += averaging.active_keys(cfg)
     if refused:
         raise config_lib.ConfigError("multi-task training does not support " + "; ".join(refused))
