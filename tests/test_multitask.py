@@ -519,3 +519,53 @@ def test_joint_run_end_to_end(tmp_path, tiny_mlm_base):
     assert any("head/lm/" in k or "head.lm." in k for k in stored)  # the LM head is part of δ
     again = multitask.evaluate_workdir(str(tmp_path / "run"))
     assert set(again) == {name, "mean"} and again[name]["accuracy"] == pytest.approx(r["metrics"][name]["accuracy"])
+
+
+@pytest.mark.slow  # SmolLM2's tokenizer (a GGUF read) and a tiny decoder's steps
+def test_joint_causal_lm_source_on_a_decoder(tmp_path, hf_offline):
+    """A decoder's LM source is a causal LM on the packed text: its loss in the joint step is the next-token CE of
+    a single-task causal-LM model on the same rows, and the total is L_task + λ·L_LM."""
+    import torch
+    import transformers
+
+    from ftlab.checkpoint import load_base
+    from ftlab.models import heads as heads_lib
+    from ftlab.train import loop
+
+    tok = load_base("smollm2").tokenizer
+    d = tmp_path / "tiny_llama"
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True)).save_pretrained(d)
+    tok.save_pretrained(d)
+    (tmp_path / "data").mkdir()
+    cfg = _joint_cfg(tmp_path / "data", str(d), "multitask.base_head=", "multitask.lm_weight=0.25")
+    prep = multitask.prepare(cfg)
+    model, params, sources = prep["model"], prep["params"], prep["sources"]
+    name = sources[0].name
+    assert sources[1].head == sources[1].loss == "causal_lm" and sources[1].transform is None
+    p = multitask.plan(sources, cfg, prep["mt"])
+    dl = loop.init_delta(cfg, {**prep, "task": None})
+    state, tx, _ = multitask.init_state(cfg, params, dl, 4)
+    batches = {s.name: next(s.batches(p["batch"][s.name], 0)) for s in sources}
+    acc, got = jax.tree_util.tree_map(jnp.zeros_like, state["train"]), {}
+    for i, s in enumerate(sources):
+        step = multitask.make_source_step(model, dl["delta_mod"], s, i, p["weight"][s.name], jit=False)
+        acc, got[s.name] = step(acc, state["train"], state["fixed"], params, batches[s.name], state["rng"],
+                                state["step"])
+    _, _, m = multitask.make_update(tx, dl["delta_mod"], p["weight"], jit=False)(state, acc, got)
+    lb = batches["lm"]
+    assert lb["input_ids"].shape == (3, 16) and lb["attention_mask"].all()
+    assert not any(p_.startswith("head/lm/") for p_ in tree.flatten(params))  # tied: the head is the embedding
+    logits = heads_lib.TaskModel(model.config, "causal_lm").apply({"params": {"backbone": params["backbone"]}},
+                                                                   lb["input_ids"], lb["attention_mask"])
+    logp = jax.nn.log_softmax(np.asarray(logits, np.float64), -1)
+    ids = lb["input_ids"]
+    lm_loss = -np.mean([logp[b, t, ids[b, t + 1]] for b in range(3) for t in range(15)])
+    tb = batches[name]
+    clf = heads_lib.TaskModel(model.config, "sequence_classification", 2, cfg.model.pooling)
+    task_loss = float(losses.compute("classification", clf.apply({"params": single_head(params, name)},
+                                                                  tb["input_ids"], tb["attention_mask"]), tb)[0])
+    assert float(m["loss/lm"]) == pytest.approx(lm_loss, rel=1e-5)
+    assert float(m["loss"]) == pytest.approx(task_loss + 0.25 * lm_loss, rel=1e-5)
