@@ -71,6 +71,10 @@ def cmd_train(argv: list[str]) -> int:
         print(f"error: {args.config} sets multitask.tasks: train it with `ftlab multitask` (ftlab train trains "
               "task.name alone)", file=sys.stderr)
         return 2
+    if cfg.get("pet", {}).get("patterns"):
+        print(f"error: {args.config} sets pet.patterns: run PET with `python scripts/pet.py --config ... --workdir "
+              "...` (ftlab train trains one model)", file=sys.stderr)
+        return 2
     from ftlab import parallel
     from ftlab.train.loop import train_and_evaluate
 

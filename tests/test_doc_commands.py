@@ -113,6 +113,9 @@ def shorten(cmd: str, tmp: str, tiny: str) -> list[str]:
             out += ["--out", os.path.join(tmp, os.path.basename(page))]
     if "train" in out or "sweep" in out or "multitask" in out or any(x.endswith(("scripts/train.py", "scripts/bench_sweep.py")) for x in out):
         out += [f"--config.model.name={tiny}", "--config.task.max_length=32", "--config.train.progress=false"]
+    elif any(x.endswith("scripts/pet.py") for x in out):  # PET's pattern models on the tiny BERT: cloze scoring
+        out += [f"--config.model.name={tiny}", "--config.prompt.scorer=cloze", "--config.task.max_length=32",
+                "--config.train.progress=false"]
     return out
 
 

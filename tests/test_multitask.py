@@ -360,3 +360,212 @@ def test_tiny_run_results_and_exact_resume(tmp_path, tiny_bert_dir):
     for n in names:
         assert cmp[n]["ratio"] == pytest.approx(r["best_metrics"][n][r["main_metrics"][n]] / 0.5)
     assert cmp["min_ratio"] == min(cmp[n]["ratio"] for n in names)
+
+
+# ---- the joint form: task loss + λ · LM loss --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_mlm_base(tmp_path_factory, hf_offline):
+    """A 2-layer, width-32 random BertForMaskedLM (a base with its own MLM head, as minilm-mlm) without dropout,
+    with MiniLM's tokenizer."""
+    import torch
+    import transformers
+    from conftest import minilm_dir
+
+    d = tmp_path_factory.mktemp("tiny_mlm_base")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                                  attention_probs_dropout_prob=0.0)
+    transformers.BertForMaskedLM(cfg).save_pretrained(d)
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if os.path.exists(os.path.join(minilm_dir(), f)):
+            shutil.copy(os.path.join(minilm_dir(), f), d / f)
+    return str(d)
+
+
+def _joint_cfg(root, model_dir, *extra):
+    docs = root / "text.txt"
+    docs.write_text("\n".join(f"review {i}: the film was {'good' if i % 2 else 'dull'} and the actors were fine"
+                              for i in range(40)) + "\n")
+    return _cfg(f"multitask.tasks={_user_task(root, 'senti', 'classification')}", "multitask.single_task=()",
+                f"model.name={model_dir}", f"task.data_dir={root}", "task.max_length=16", "task.train_subset=0",
+                "multitask.width=fixed", "train.batch_size=4", "train.max_steps=4", "train.eval_every=4",
+                "train.log_every=1", "train.checkpoint_every=0", "train.progress=false", "train.eval_batch_size=8",
+                "train.export_delta=final", f"lm.train={docs}", "lm.heldout=5", "lm.block_size=16",
+                "multitask.lm_weight=0.5", "multitask.lm_batch_size=3", "multitask.base_head=lm", *extra)
+
+
+@pytest.mark.slow  # gradients of a 30,522-word tiny BERT, twice, eagerly (~40 s of a busy core)
+def test_joint_loss_is_task_plus_lambda_lm_and_lambda_0_gives_the_task_gradient(tmp_path, tiny_mlm_base):
+    """One joint step's loss = the task's CE + λ · the masked LM's CE, each computed here with a single-task
+    TaskModel on the same batches (the LM's at every position, then read at the masked slots); with λ = 0 the
+    accumulated gradient is the task-only gradient and the LM head gets none."""
+    from ftlab.models import heads as heads_lib
+    from ftlab.train import loop
+
+    cfg = _joint_cfg(tmp_path, tiny_mlm_base)
+    prep = multitask.prepare(cfg)
+    model, params, sources = prep["model"], prep["params"], prep["sources"]
+    name = sources[0].name
+    assert [s.name for s in sources] == [name, "lm"] and sources[1].head == "masked_lm" and sources[1].task is None
+    flat = tree.flatten(params)
+    for p, x in tree.flatten(prep["base"].params).items():  # base_head=lm: the LM head starts from the base's
+        if p.startswith("head/"):
+            np.testing.assert_array_equal(flat["head/lm/" + p[len("head/"):]], x)
+    p = multitask.plan(sources, cfg, prep["mt"])
+    assert p["batch"] == {name: 4, "lm": 3} and p["weight"] == {name: 1.0, "lm": 0.5}
+    d = loop.init_delta(cfg, {**prep, "task": None})
+    state, tx, _ = multitask.init_state(cfg, params, d, 4)
+    batches = {s.name: next(s.batches(p["batch"][s.name], 0)) for s in sources}
+
+    def joint(weights):
+        acc = jax.tree_util.tree_map(jnp.zeros_like, state["train"])
+        got = {}
+        for i, s in enumerate(sources):
+            step = multitask.make_source_step(model, d["delta_mod"], s, i, weights[s.name], jit=False)
+            acc, got[s.name] = step(acc, state["train"], state["fixed"], params, batches[s.name], state["rng"],
+                                    state["step"])
+        _, _, m = multitask.make_update(tx, d["delta_mod"], weights, jit=False)(state, acc, got)
+        return acc, m
+
+    _, m = joint(p["weight"])
+    # the task loss, separately: a single-task classifier on the task's batch
+    tb = batches[name]
+    clf = heads_lib.TaskModel(model.config, "sequence_classification", 2, cfg.model.pooling)
+
+    def task_loss(prm):
+        logits = clf.apply({"params": single_head(prm, name)}, tb["input_ids"], tb["attention_mask"],
+                           tb["token_type_ids"])
+        return losses.compute("classification", logits, tb)[0]
+
+    # the LM loss, separately: the source's masks (its transform key: fold_in(fold_in(rng, step) split, index)
+    # split, as make_source_loss documents), a full masked-LM head at every position, read at the chosen slots
+    step_key, _ = jax.random.split(jax.random.fold_in(state["rng"], state["step"]))
+    _, t_key = jax.random.split(jax.random.fold_in(step_key, 1))
+    masked = sources[1].transform(batches["lm"], t_key)
+    full = heads_lib.TaskModel(model.config, "masked_lm").apply(
+        {"params": single_head(params, "lm")}, masked["input_ids"], masked["attention_mask"], masked["token_type_ids"])
+    logp = jax.nn.log_softmax(np.asarray(full, np.float64), -1)
+    pos, lab = np.asarray(masked["positions"]), np.asarray(masked["labels"])
+    nll = [-float(logp[b, pos[b, k], lab[b, k]]) for b in range(lab.shape[0]) for k in range(lab.shape[1])
+           if lab[b, k] != losses.IGNORE]
+    lm_loss = float(np.mean(nll))
+    assert len(nll) > 0 and float(m["loss/lm"]) == pytest.approx(lm_loss, rel=1e-5)
+    assert float(m[f"loss/{name}"]) == pytest.approx(float(task_loss(params)), rel=1e-5)
+    assert float(m["loss"]) == pytest.approx(float(task_loss(params)) + 0.5 * lm_loss, rel=1e-5)
+
+    # λ = 0: the gradient of the task loss alone (θ₀'s tree: δ of `full` is θ₀'s copy); the LM head gets 0
+    acc0, m0 = joint({name: 1.0, "lm": 0.0})
+    want = tree.flatten(jax.grad(task_loss)(state["train"]))
+    for path, g in tree.flatten(acc0).items():
+        if path.startswith("head/lm/"):
+            assert not np.any(np.asarray(g)), path
+        else:
+            np.testing.assert_allclose(g, want[path], rtol=1e-5, atol=1e-7, err_msg=path)
+    assert float(m0["loss"]) == pytest.approx(float(task_loss(params)), rel=1e-6)
+
+
+def test_multitask_model_positions_equal_the_full_head():
+    model = build_multitask_model(ONE, HEADS)
+    params, _ = init_params(model, jax.random.key(1), {}, IDS)
+    pos = jnp.asarray([[1, 5, 2], [7, 0, 0]], jnp.int32)
+    for name in ("mlm", "tag"):
+        full = model.select(name).apply({"params": params}, IDS)
+        part = model.select(name).apply({"params": params}, IDS, positions=pos)
+        np.testing.assert_allclose(part, jnp.take_along_axis(full, pos[..., None], 1), atol=1e-6)
+    with pytest.raises(ValueError, match="positions= needs per-token heads"):
+        model.select(("cls", "mlm")).apply({"params": params}, IDS, positions=pos)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["multitask.lm_weight=-1"], "lm_weight=-1.0: must be finite and >= 0"),
+    (["multitask.lm_weight=0.5", "lm.train="], "needs LM text: set lm.train"),
+    (["multitask.lm_weight=0.5", "lm.train=x.txt", "multitask.lm_batch_size=0"], "lm_batch_size=0: must be >= 1"),
+    (["multitask.tasks=sst2,mlm"], "joins a run as multitask.lm_weight > 0"),
+    (["multitask.base_head=lm"], r"or one of the tasks \['sst2', 'mrpc', 'stsb', 'cola'\]$"),
+])
+def test_joint_config_errors(overrides, match):
+    with pytest.raises(config_lib.ConfigError, match=match):
+        multitask.check_config(_cfg(*overrides))
+
+
+def test_imdb_joint_config_resolves():
+    cfg = config_lib.load(os.path.join(REPO, "configs", "imdb_joint.py"))
+    mt = multitask.check_config(cfg)
+    assert mt["lm_weight"] == 1.0 and mt["base_head"] == "lm" and cfg.model.name == "minilm-mlm"
+    assert multitask.check_config(config_lib.load(os.path.join(REPO, "configs", "imdb_joint.py:control")))[
+        "lm_weight"] == 0.0
+
+
+@pytest.mark.slow  # a 4-step joint run of the tiny BERT (task + masked LM): compilations dominate
+def test_joint_run_end_to_end(tmp_path, tiny_mlm_base):
+    from safetensors.numpy import load_file
+
+    (tmp_path / "data").mkdir()
+    cfg = _joint_cfg(tmp_path / "data", tiny_mlm_base)
+    r = multitask.train_multitask(cfg, str(tmp_path / "run"))
+    name = list(r["main_metrics"])[0]
+    assert list(r["best_metrics"]) == [name] and set(r["best_metrics"][name]) == {"accuracy", "loss"}  # task only
+    assert r["heads"]["lm"] == {"head": "masked_lm", "num_labels": 30522, "loss": "masked_lm", "task": None}
+    assert r["sampling"]["weight"] == {name: 1.0, "lm": 0.5} and r["sampling"]["batch_size"] == {name: 4, "lm": 3}
+    rows = [json.loads(ln) for ln in open(tmp_path / "run" / "metrics.jsonl")]
+    train = [x for x in rows if x["kind"] == "train"]
+    assert len(train) == 4
+    for x in train:  # log_every=1: each row is one step's L = L_task + λ · L_LM
+        assert x["loss"] == pytest.approx(x[f"loss/{name}"] + 0.5 * x["loss/lm"], rel=1e-5)
+    evals = [x for x in rows if x["kind"] == "eval"]
+    assert len(evals) == 1 and not any(k.startswith("lm/") for k in evals[0])
+    stored = load_file(tmp_path / "run" / "delta" / "delta.safetensors")
+    assert any("head/lm/" in k or "head.lm." in k for k in stored)  # the LM head is part of δ
+    again = multitask.evaluate_workdir(str(tmp_path / "run"))
+    assert set(again) == {name, "mean"} and again[name]["accuracy"] == pytest.approx(r["metrics"][name]["accuracy"])
+
+
+@pytest.mark.slow  # SmolLM2's tokenizer (a GGUF read) and a tiny decoder's steps
+def test_joint_causal_lm_source_on_a_decoder(tmp_path, hf_offline):
+    """A decoder's LM source is a causal LM on the packed text: its loss in the joint step is the next-token CE of
+    a single-task causal-LM model on the same rows, and the total is L_task + λ·L_LM."""
+    import torch
+    import transformers
+
+    from ftlab.checkpoint import load_base
+    from ftlab.models import heads as heads_lib
+    from ftlab.train import loop
+
+    tok = load_base("smollm2").tokenizer
+    d = tmp_path / "tiny_llama"
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True)).save_pretrained(d)
+    tok.save_pretrained(d)
+    (tmp_path / "data").mkdir()
+    cfg = _joint_cfg(tmp_path / "data", str(d), "multitask.base_head=", "multitask.lm_weight=0.25")
+    prep = multitask.prepare(cfg)
+    model, params, sources = prep["model"], prep["params"], prep["sources"]
+    name = sources[0].name
+    assert sources[1].head == sources[1].loss == "causal_lm" and sources[1].transform is None
+    p = multitask.plan(sources, cfg, prep["mt"])
+    dl = loop.init_delta(cfg, {**prep, "task": None})
+    state, tx, _ = multitask.init_state(cfg, params, dl, 4)
+    batches = {s.name: next(s.batches(p["batch"][s.name], 0)) for s in sources}
+    acc, got = jax.tree_util.tree_map(jnp.zeros_like, state["train"]), {}
+    for i, s in enumerate(sources):
+        step = multitask.make_source_step(model, dl["delta_mod"], s, i, p["weight"][s.name], jit=False)
+        acc, got[s.name] = step(acc, state["train"], state["fixed"], params, batches[s.name], state["rng"],
+                                state["step"])
+    _, _, m = multitask.make_update(tx, dl["delta_mod"], p["weight"], jit=False)(state, acc, got)
+    lb = batches["lm"]
+    assert lb["input_ids"].shape == (3, 16) and lb["attention_mask"].all()
+    assert not any(p_.startswith("head/lm/") for p_ in tree.flatten(params))  # tied: the head is the embedding
+    logits = heads_lib.TaskModel(model.config, "causal_lm").apply({"params": {"backbone": params["backbone"]}},
+                                                                   lb["input_ids"], lb["attention_mask"])
+    logp = jax.nn.log_softmax(np.asarray(logits, np.float64), -1)
+    ids = lb["input_ids"]
+    lm_loss = -np.mean([logp[b, t, ids[b, t + 1]] for b in range(3) for t in range(15)])
+    tb = batches[name]
+    clf = heads_lib.TaskModel(model.config, "sequence_classification", 2, cfg.model.pooling)
+    task_loss = float(losses.compute("classification", clf.apply({"params": single_head(params, name)},
+                                                                  tb["input_ids"], tb["attention_mask"]), tb)[0])
+    assert float(m["loss/lm"]) == pytest.approx(lm_loss, rel=1e-5)
+    assert float(m["loss"]) == pytest.approx(task_loss + 0.25 * lm_loss, rel=1e-5)

@@ -3,7 +3,8 @@
 Submodules: `readers` (TSV/CSV/JSONL/text/CoNLL formats), `paths` (data root resolution and layout),
 `tokenize` (examples -> token ids), `batching` (deterministic, host-sharded, dynamically padded batches),
 `tfds_source` (tensorflow-datasets via ArrayRecord, no TensorFlow), `counterfactual` (gender-swap
-augmentation from a word-pair list, no JAX). Task meaning lives in `ftlab/tasks`.
+augmentation from a word-pair list, no JAX), `pseudo_labels` (soft- and hard-labelled examples as JSONL: PET's
+distillation and iPET's training sets). Task meaning lives in `ftlab/tasks`.
 """
 
 from ftlab.data.batching import batches, num_batches, pack_sequences, packed_lm_batches

@@ -6,6 +6,8 @@
     attention_mask [b, T] int32   1 on real tokens
     token_type_ids [b, T] int32   only if the tokenizer produced them
     labels         [b] int32 / float32, or [b, T] int32 for tagging (-100 on padding)
+    soft_labels    [b, C] float32 class distributions, only for soft-labelled examples (distillation; padding
+                   rows 0)
     example_mask   [b] float32    1 for a real example, 0 for a padding row (pad_final)
     index          [b] int32      position of the example in `enc`, -1 for a padding row
 
@@ -158,6 +160,10 @@ def _collate(enc: Encoded, idx: np.ndarray, width: int, pad_id: int) -> dict[str
         labels = np.zeros(len(idx), dtype=enc.labels.dtype)
         labels[real] = enc.labels[idx[real]]
         batch["labels"] = labels
+    if getattr(enc, "soft_labels", None) is not None:  # soft-labelled examples (distillation)
+        soft = np.zeros((len(idx), enc.soft_labels.shape[1]), np.float32)
+        soft[real] = enc.soft_labels[idx[real]]
+        batch["soft_labels"] = soft
     batch["example_mask"] = real.astype(np.float32)
     batch["index"] = idx.astype(np.int32)
     return batch

@@ -30,13 +30,15 @@ class Encoded:
     """Token ids per example. `input_ids[i]`: [T_i] int32. `token_type_ids`: same shapes, or None when the
     tokenizer has none (GPT-2, Llama). `labels`: [N] int32 (classification; -1 = no label), [N] float32
     (regression; NaN = no label), or a list of [T_i] int32 (tagging; -100 = no tag). `kind`: the task kind.
-    `max_length`: the truncation length used (the batcher never pads beyond it)."""
+    `max_length`: the truncation length used (the batcher never pads beyond it). `soft_labels`: [N, C] float32
+    class distributions of soft-labelled examples (distillation, `ftlab.data.pseudo_labels`), else None."""
 
     input_ids: list[np.ndarray]
     token_type_ids: list[np.ndarray] | None
     labels: np.ndarray | list[np.ndarray]
     kind: str
     max_length: int
+    soft_labels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -98,7 +100,14 @@ def encode(
         labels = np.array(
             [MISSING_CLASS if e["label"] is None else e["label"] for e in examples], dtype=np.int32
         )
-    return Encoded(input_ids, token_type_ids, labels, task.kind, max_length)
+    soft = None
+    if "soft_labels" in examples[0]:  # soft-labelled examples (ftlab.data.pseudo_labels): all or none
+        missing = [e["source"] for e in examples if "soft_labels" not in e]
+        if missing or task.kind != "classification":
+            raise ValueError(f"soft labels need a classification task whose examples all carry them "
+                             f"(task {task.name!r} is {task.kind}; without soft labels: {missing[:3]})")
+        soft = np.stack([np.asarray(e["soft_labels"], np.float32) for e in examples])
+    return Encoded(input_ids, token_type_ids, labels, task.kind, max_length, soft)
 
 
 def _encode_tagging(examples: Sequence[dict[str, Any]], tokenizer: Any, max_length: int) -> Encoded:

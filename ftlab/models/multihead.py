@@ -19,6 +19,10 @@ The static field `active` selects what a call computes (only the backbone and th
                   ftlab.train.step.make_eval_step)
     ('a', 'b')    a dict of those heads' outputs on the same inputs
 
+`positions` [B, M] (as TaskModel's): the active per-token heads (masked_lm, causal_lm, token_classification) run
+at those input positions only and return [B, M, ...] (the masked LM's chosen slots, so the vocabulary projection
+of an LM source costs M/T of the full one); a sequence head cannot be active in such a call.
+
 `named_head(params, name)` moves a single-task tree's head (head/...) onto one named head (head/<name>/...);
 `single_head(params, name)` is the inverse (backbone + that head as a TaskModel tree).
 """
@@ -80,7 +84,8 @@ class MultiHead(nn.Module):
 
 class MultiTaskModel(nn.Module):
     """Shared backbone + named heads (see the module docstring). Call as TaskModel (encoders and decoders; no
-    KV cache): input_ids [B, T], attention_mask [B, T], token_type_ids [B, T] (BERT family), deterministic."""
+    KV cache): input_ids [B, T], attention_mask [B, T], token_type_ids [B, T] (BERT family), deterministic,
+    positions [B, M] (per-token heads only)."""
 
     config: ModelConfig
     heads: tuple[tuple[str, str, int], ...]
@@ -103,7 +108,7 @@ class MultiTaskModel(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
-                 deterministic: bool = True) -> Array | dict[str, Array]:
+                 deterministic: bool = True, positions: Array | None = None) -> Array | dict[str, Array]:
         check_heads(self.config, self.heads)
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {self.pooling!r}; choose from {POOLINGS}")
@@ -112,6 +117,8 @@ class MultiTaskModel(nn.Module):
         unknown = [a for a in active if a not in kinds]
         if unknown:
             raise ValueError(f"no head {unknown[0]!r} in this model (heads: {list(kinds)})")
+        if positions is not None and any(kinds[a] == "sequence_classification" for a in active):
+            raise ValueError(f"positions= needs per-token heads; active heads: {[(a, kinds[a]) for a in active]}")
         input_ids = jnp.asarray(input_ids, jnp.int32)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
@@ -136,10 +143,13 @@ class MultiTaskModel(nn.Module):
             raise TypeError(f"not an ftlab model config: {type(c).__name__}")
         num_prompt = out.get("num_prompt", 0)
         q_mask = out["mask"] if num_prompt else attention_mask  # a soft prompt's positions count for pooling
+        if positions is not None:  # per-token heads at [B, M] positions only (the masked LM's chosen slots)
+            at = jnp.asarray(positions, jnp.int32) + num_prompt
+            out = {**out, "hidden": jnp.take_along_axis(out["hidden"], at[..., None], axis=1)}
         results = MultiHead(c, self.heads, self.pooling, name="head")(out, q_mask, deterministic, active)
         for name in results:
             results[name] = results[name].astype(jnp.float32)
-            if num_prompt and kinds[name] != "sequence_classification":
+            if num_prompt and positions is None and kinds[name] != "sequence_classification":
                 results[name] = results[name][:, num_prompt:]  # per-token outputs are for the input tokens only
         if isinstance(self.active, str):
             return results[self.active]

@@ -73,6 +73,11 @@ class Task:
         return hash((self.name, self.kind, self.label_names, self.reader, tuple(sorted(self.splits.items()))))
 
     @property
+    def reads_pairs(self) -> bool:
+        """True when the task's examples are sentence pairs (its columns name a second text field)."""
+        return len(self.columns) > 1 and self.columns[1] is not None
+
+    @property
     def num_labels(self) -> int:
         """Output width of the task head: number of classes / tags, 1 for regression."""
         return 1 if self.kind == "regression" else len(self.label_names)

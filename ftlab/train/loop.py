@@ -81,6 +81,11 @@ def default_config() -> config_lib.Config:
             augment="none",         # none | cda (swap gendered words and first names from a word-pair list)
             augment_mode="add",     # add: original + swapped copy (two-sided CDA) | replace: swapped copy only
             augment_pairs="",       # '' = the shipped list (ftlab/assets/cda/gender_pairs.tsv), else a path
+            # Pseudo-labelled train data (ftlab.data.pseudo_labels; PET / iPET, ftlab.train.pet):
+            soft_labels="",         # a JSONL of texts + soft labels: the train split, trained by distillation
+                                    # (KL(soft || softmax(logits/T))·T², prompting.distillation_loss); eval as usual
+            distill_temperature=2.0,  # T of that loss (PET: 2, the soft labels' temperature)
+            train_extra="",         # a JSONL of texts + hard labels appended to the train split (iPET)
         ),
         # Prompt-based fine-tuning (ftlab.train.prompting): CE over label-word scores of an LM head, no new
         # head. Off while pattern and template are both ''.
@@ -151,6 +156,10 @@ def default_config() -> config_lib.Config:
         # (padding of each task's batches), single_task (workdirs to compare with), base_head. `ftlab train`
         # refuses a config that names tasks here.
         multitask=config_lib.Config(**_multitask_defaults()),
+        # PET / iPET (scripts/pet.py, ftlab.train.pet, whose docstring has the procedure): patterns (one prompt-based
+        # run each), the unlabeled pool, ensemble weights, temperature, the distillation run's overrides, iPET
+        # generations. `ftlab train` refuses a config that names patterns here.
+        pet=config_lib.Config(**_pet_defaults()),
     )
 
 
@@ -190,6 +199,36 @@ def lm_transform(cfg: config_lib.Config, task, base):
     from ftlab.train import lm
 
     return lm.make_mlm_transform(dict(cfg.lm), base.tokenizer, base.config.vocab_size)
+
+
+def _pet_defaults() -> dict[str, Any]:
+    from ftlab.train import pet
+
+    return dict(pet.DEFAULTS)
+
+
+def distill_temperature(cfg: config_lib.Config, task) -> float | None:
+    """T of the distillation loss when the train split is soft-labelled (task.soft_labels), else None.
+    ConfigError naming the key for a setting that cannot go with it."""
+    if not cfg.task.get("soft_labels", ""):  # runs saved before soft labels existed have no such key
+        return None
+    t = float(cfg.task.get("distill_temperature", 2.0))
+    refused = []
+    if task.kind != "classification":
+        refused.append(f"task {task.name!r} ({task.kind}; soft labels are class distributions)")
+    if cfg.get("prompt") and (cfg.prompt.get("pattern") or cfg.prompt.get("template")):
+        refused.append("prompt-based training (the distilled model is an ordinary classifier)")
+    if _exit_routine(cfg) != "none":
+        refused.append(f"exit.routine={cfg.exit.routine!r}")
+    if cfg.task.get("augment", "none") != "none":
+        refused.append(f"task.augment={cfg.task.augment!r}")
+    if cfg.task.get("train_extra", ""):
+        refused.append("task.train_extra (hard labels in a soft-labelled train split)")
+    if refused:
+        raise config_lib.ConfigError(f"task.soft_labels={cfg.task.soft_labels!r} cannot go with " + "; ".join(refused))
+    if not (t > 0 and math.isfinite(t)):
+        raise config_lib.ConfigError(f"task.distill_temperature={t}: must be a positive number")
+    return t
 
 
 def _exit_defaults() -> dict[str, Any]:
@@ -285,7 +324,6 @@ def _load_lm_split(cfg, task, tokenizer, split: str):
 
 
 def _load_split(cfg, task, tokenizer, split: str, subset: int = 0, model_config=None):
-    from ftlab.data.tokenize import encode
     from ftlab.tasks import LM_KINDS, resolve_data_dir
 
     if task.kind in LM_KINDS:
@@ -295,7 +333,11 @@ def _load_split(cfg, task, tokenizer, split: str, subset: int = 0, model_config=
         return _load_lm_split(cfg, task, tokenizer, split)
 
     data_dir = resolve_data_dir(task.name, cfg.task.data_dir or None)
-    if cfg.task.get("kshot"):
+    if split == "train" and distill_temperature(cfg, task) is not None:  # soft-labelled train split (PET)
+        from ftlab.data import pseudo_labels
+
+        examples = pseudo_labels.read(cfg.task.soft_labels, task.label_names, task.reads_pairs, "soft")
+    elif cfg.task.get("kshot"):
         from ftlab.tasks import kshot
 
         examples = kshot.read(task, split, data_dir, cfg.task.kshot, cfg.task.get("kshot_dir", ""))
@@ -305,8 +347,22 @@ def _load_split(cfg, task, tokenizer, split: str, subset: int = 0, model_config=
         seed = cfg.task.subset_seed + (split != "train")
         idx = np.random.default_rng(seed).permutation(len(examples))[:subset]
         examples = [examples[i] for i in sorted(idx)]
+    if split == "train" and cfg.task.get("train_extra", ""):  # pseudo-labelled examples (iPET), all of them
+        from ftlab.data import pseudo_labels
+
+        examples = examples + pseudo_labels.read(cfg.task.train_extra, task.label_names, task.reads_pairs, "hard")
     if split == "train":  # after the subset is drawn, so a subset's examples are the same with and without
         examples = _augment(cfg, examples)
+    return encode_examples(cfg, task, tokenizer, examples, split, model_config)
+
+
+def encode_examples(cfg, task, tokenizer, examples: list, split: str, model_config=None) -> tuple[list, Any]:
+    """(examples, encoded): `examples` of `split` encoded as this config's run encodes them: prompt rows (with
+    LM-BFF demonstrations from the train split, which then come back added to the examples) for a prompt-based
+    run, else `ftlab.data.tokenize.encode`. Another split name than train (e.g. PET's unlabeled pool) is encoded
+    as an evaluation split is."""
+    from ftlab.data.tokenize import encode
+
     max_pos = getattr(model_config, "max_position_embeddings", None) if model_config is not None else None
     prompt = _prompt(cfg, task, model_config) if model_config is not None else None
     if prompt is not None:
@@ -517,6 +573,11 @@ def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_
 
         loss = prompting.make_loss(d["task"].num_labels)
         scores = prompting.make_scores(d["task"].num_labels)
+    temperature = distill_temperature(cfg, d["task"]) if d.get("task") is not None else None
+    if temperature is not None:  # soft-labelled train split (PET's final classifier): KL to the soft labels · T²
+        from ftlab.train import prompting
+
+        loss = lambda logits, batch, step: prompting.distillation_loss(logits, batch, temperature)  # noqa: E731
     state = {
         "step": jnp.zeros([], jnp.int32),
         "train": train_params,

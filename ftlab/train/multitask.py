@@ -10,8 +10,9 @@ kind of `ftlab.train.losses.compute`, a loss weight, `batches(batch_size, start)
 NumPy batches from the start-th on, so a resumed run sees the batches it would have seen), an optional
 `transform(batch, rng) -> batch` applied inside the jitted loss with the step's key (e.g. fresh MLM masks),
 and optionally a task whose dev split is evaluated. `task_sources` builds one per `multitask.tasks` entry;
-`train_multitask(..., extra_sources=fn)` adds more (e.g. a language-modelling source for the joint form
-"task loss + λ · LM loss": give it `weight=λ` and its own `batch_size`).
+`train_multitask(..., extra_sources=fn)` adds more. `multitask.lm_weight` = λ > 0 adds the language-modelling
+source of the config's `lm` section (`lm_source`), which makes the joint form of adaptive fine-tuning,
+"task loss + λ · LM loss", in one run (below).
 
 Sampling, realised as a fixed composition of every step. Sampling each of a step's B = train.batch_size
 examples from task t with probability p_t puts B·p_t examples of t in the step *in expectation*. We take
@@ -29,10 +30,22 @@ that many rows every step on top of B. One "epoch" of the run is Σ n_t / B step
 sampling every task then sees its examples about once, under temperature sampling small tasks are seen more
 and large ones less (the run reports each task's epochs seen).
 
-Loss. L = Σ_t w_t · L_t, L_t the mean loss of t's sub-batch (losses.compute). Default w_t = B_t / Σ_s B_s,
-which makes L the mean over the step's examples (each example weighs the same, as when one batch is drawn
-from the mixture); `multitask.weights` (or a source's `weight`) sets w_t directly. A delta's penalty (diff
-pruning's L0) is added once.
+Loss. L = Σ_t w_t · L_t, L_t the mean loss of t's sub-batch (losses.compute). Default w_t = B_t / Σ_s B_s over
+the sources without an explicit weight, which makes their part of L the mean over their examples in the step
+(each example weighs the same, as when one batch is drawn from the mixture); `multitask.weights` (or a source's
+`weight`) sets w_t directly. A delta's penalty (diff pruning's L0) is added once.
+
+The joint form (`multitask.lm_weight` = λ > 0; e.g. configs/imdb_joint.py). One more source, named `lm`, with
+head head/lm/... (masked_lm for encoders, causal_lm for decoders: the model family decides) and weight λ, gets
+`multitask.lm_batch_size` packed rows of the `lm` section's text every step, outside the sampling rule: the text
+an LM stage with the same `lm` section trains on (ftlab.data.text; `lm.heldout` documents of lm.train are held
+out when lm.eval is '', so a joint run never sees the held-out text either). The masked LM draws BERT's masks
+inside the step from the source's transform key (ftlab.train.lm.make_mlm_transform) and projects onto the
+vocabulary at the chosen slots only (MultiTaskModel's `positions=`); the causal LM is next-token loss on the
+packed rows. So L = Σ_t w_t L_t + λ · L_LM, with the task weights as above (with one task and no
+multitask.weights, w = 1: the single-task loss), and the LM head is part of δ as every head is (full: all of it;
+other methods: their `train_head` rule, `head/.*`). Only the tasks are evaluated. A base checkpoint that
+carries an LM head (model.name=minilm-mlm) gives it to the LM source with `multitask.base_head=lm`.
 
 The step. Each source's loss and gradient is its own jitted program (`make_source_step`): it applies δ to θ₀,
 runs the backbone and that source's head only (MultiTaskModel.select), and adds w_t·∇L_t into a donated
@@ -54,8 +67,9 @@ seen) and, given `multitask.single_task` workdirs, the ratio of each task's scor
 
 Config (`config.multitask`, defaults in DEFAULTS): tasks, sampling, temperature (read only with
 sampling=temperature), weights, train_subset (per task; () = task.train_subset for all), width, single_task,
-base_head. Every other section means what it means for `ftlab train`: task.* (but task.name) applies to every
-task, train.batch_size is B. Not supported here (a ConfigError says so): several devices or processes,
+base_head, lm_weight, lm_batch_size. Every other section means what it means for `ftlab train`: task.* (but
+task.name) applies to every task (task.eval_subset included), train.batch_size is B, `lm` is the LM source's
+text and masking. Not supported here (a ConfigError says so): several devices or processes,
 gradient accumulation, embedding regularisers (reg), early exit, prompt-based training, K-shot sets, weight
 averaging, and structural deltas (layer removal).
 """
@@ -95,7 +109,10 @@ DEFAULTS: dict[str, Any] = {
     "width": "fixed",
     "single_task": (),
     "base_head": "",
+    "lm_weight": 0.0,      # λ of the joint form task loss + λ·LM loss (the `lm` section's text); 0 = no LM source
+    "lm_batch_size": 8,    # packed rows of LM text per step (outside train.batch_size)
 }
+LM_SOURCE = "lm"  # the name (and head name, head/lm/...) of the joint form's language-modelling source
 SAMPLING = ("proportional", "temperature", "equal")
 WIDTHS = ("fixed", "dynamic")
 # Keys a resumed multi-task run may change (the loop's, plus what only the report reads).
@@ -221,6 +238,24 @@ def check_config(cfg: config_lib.Config) -> dict[str, Any]:
     heads = [head_name(t) for t in names]
     if len(set(heads)) != len(heads):
         raise config_lib.ConfigError(f"multitask.tasks {names} give repeated head names {heads}")
+    lm_tasks = [t.name for t in tasks if t.kind not in HEAD_OF_KIND]
+    if lm_tasks:
+        raise config_lib.ConfigError(f"multitask.tasks {lm_tasks}: a language-modelling objective joins a run as "
+                                     "multitask.lm_weight > 0 with the lm section's text, not as a task")
+    lm_weight = float(mt["lm_weight"])
+    if not (lm_weight >= 0 and math.isfinite(lm_weight)):
+        raise config_lib.ConfigError(f"multitask.lm_weight={mt['lm_weight']}: must be finite and >= 0")
+    if lm_weight > 0:
+        from ftlab.train import lm as lm_lib
+
+        if LM_SOURCE in heads:
+            raise config_lib.ConfigError(f"multitask.tasks: a task's head is named {LM_SOURCE!r}, the LM source's name")
+        lm_lib.check_config(dict(cfg.get("lm", {})))
+        if not cfg.lm.train:
+            raise config_lib.ConfigError("multitask.lm_weight > 0 needs LM text: set lm.train (e.g. "
+                                         "'imdb/unsup.txt.gz'; ftlab.data.text lists the sources)")
+        if int(mt["lm_batch_size"]) < 1:
+            raise config_lib.ConfigError(f"multitask.lm_batch_size={mt['lm_batch_size']}: must be >= 1")
     if mt["sampling"] not in SAMPLING:
         raise config_lib.ConfigError(f"multitask.sampling={mt['sampling']!r}: choose from {', '.join(SAMPLING)}")
     temperature = float(mt["temperature"])
@@ -240,9 +275,11 @@ def check_config(cfg: config_lib.Config) -> dict[str, Any]:
     if mt["width"] not in WIDTHS:
         raise config_lib.ConfigError(f"multitask.width={mt['width']!r}: choose from {', '.join(WIDTHS)}")
     single = _per_task(mt["single_task"], len(names), "single_task", str, "")
-    if mt["base_head"] not in ("", "drop") and head_name(str(mt["base_head"])) not in heads:
+    with_lm = heads + ([LM_SOURCE] if lm_weight > 0 else [])
+    if mt["base_head"] not in ("", "drop") and head_name(str(mt["base_head"])) not in with_lm:
         raise config_lib.ConfigError(f"multitask.base_head={mt['base_head']!r}: '' (the base has no head), "
-                                     f"'drop', or one of the tasks {names}")
+                                     f"'drop', or one of the tasks {names}"
+                                     + (f" or the LM source {LM_SOURCE!r}" if lm_weight > 0 else ""))
     if cfg.train.batch_size < len(names):
         raise config_lib.ConfigError(f"train.batch_size={cfg.train.batch_size} is smaller than the {len(names)} "
                                      "tasks: every step takes at least one example of each")
@@ -258,6 +295,11 @@ def check_config(cfg: config_lib.Config) -> dict[str, Any]:
         refused.append("prompt-based training (prompt.pattern / prompt.template)")
     if cfg.task.get("kshot"):
         refused.append(f"task.kshot={cfg.task.kshot!r}")
+    for key in ("soft_labels", "train_extra"):  # one file of pseudo-labelled examples cannot serve every task
+        if cfg.task.get(key):
+            refused.append(f"task.{key}={cfg.task[key]!r}")
+    if cfg.get("pet", {}).get("patterns"):
+        refused.append("PET (pet.patterns; scripts/pet.py)")
     refused += averaging.active_keys(cfg)
     if refused:
         raise config_lib.ConfigError("multi-task training does not support " + "; ".join(refused))
@@ -268,7 +310,7 @@ def check_config(cfg: config_lib.Config) -> dict[str, Any]:
                                      "multi-task training does not support it")
     return {"tasks": tasks, "names": names, "heads": heads, "sampling": mt["sampling"], "temperature": temperature,
             "weights": weights, "train_subset": subsets, "width": mt["width"], "single_task": single,
-            "base_head": str(mt["base_head"])}
+            "base_head": str(mt["base_head"]), "lm_weight": lm_weight, "lm_batch_size": int(mt["lm_batch_size"])}
 
 
 # ---- sources ---------------------------------------------------------------------------------------------------
@@ -313,7 +355,8 @@ def task_batches(enc, *, seed: int, pad_id: int, pad_to_multiple_of: int, bucket
 
 def task_sources(cfg: config_lib.Config, base, mt: dict[str, Any]) -> list[Source]:
     """One Source per multitask.tasks entry: its train split (multitask.train_subset, subset_seed as for
-    `ftlab train`, so a single-task run with the same subset sees the same examples) and its eval split."""
+    `ftlab train`, so a single-task run with the same subset sees the same examples) and its eval split
+    (task.eval_subset > 0: that many examples, drawn as `ftlab train` draws them)."""
     from ftlab.train import loop
 
     tokenizer = base.tokenizer
@@ -321,7 +364,8 @@ def task_sources(cfg: config_lib.Config, base, mt: dict[str, Any]) -> list[Sourc
     out = []
     for task, name, subset, weight in zip(mt["tasks"], mt["heads"], mt["train_subset"], mt["weights"]):
         _, train_enc = loop._load_split(cfg, task, tokenizer, "train", subset, base.config)
-        _, eval_enc = loop._load_split(cfg, task, tokenizer, cfg.task.eval_split, 0, base.config)
+        _, eval_enc = loop._load_split(cfg, task, tokenizer, cfg.task.eval_split, cfg.task.get("eval_subset", 0),
+                                       base.config)
         seed = zlib.crc32(f"{cfg.seed}/{name}".encode())
         out.append(Source(name=name, head=HEAD_OF_KIND[task.kind], num_labels=task.num_labels, loss=task.kind,
                           size=len(train_enc), weight=weight, task=task, eval_data=eval_enc,
@@ -329,6 +373,26 @@ def task_sources(cfg: config_lib.Config, base, mt: dict[str, Any]) -> list[Sourc
                                                pad_to_multiple_of=cfg.train.pad_to_multiple_of,
                                                bucket=cfg.train.bucket, width=mt["width"])))
     return out
+
+
+def lm_source(cfg: config_lib.Config, base, mt: dict[str, Any]) -> Source:
+    """The joint form's language-modelling source (module docstring): the `lm` section's packed training text
+    (what an LM stage with that section trains on), `multitask.lm_batch_size` rows per step, weight λ =
+    `multitask.lm_weight`; a masked LM (with its masking transform) for encoders, a causal LM for decoders."""
+    from ftlab.models import family
+    from ftlab.tasks import get_task
+    from ftlab.train import lm as lm_lib
+    from ftlab.train import loop
+
+    masked = family(base.config) == "bert"
+    task = get_task("mlm" if masked else "clm")
+    _, enc = loop._load_lm_split(cfg, task, base.tokenizer, "train")
+    pad_id = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
+    transform = lm_lib.make_mlm_transform(dict(cfg.lm), base.tokenizer, base.config.vocab_size) if masked else None
+    return Source(name=LM_SOURCE, head=task.kind, num_labels=base.config.vocab_size, loss=task.kind, size=len(enc),
+                  weight=mt["lm_weight"], batch_size=mt["lm_batch_size"], transform=transform,
+                  batches=task_batches(enc, seed=zlib.crc32(f"{cfg.seed}/{LM_SOURCE}".encode()), pad_id=pad_id,
+                                       pad_to_multiple_of=cfg.train.pad_to_multiple_of, bucket=False))
 
 
 def plan(sources: Sequence[Source], cfg: config_lib.Config, mt: dict[str, Any]) -> dict[str, Any]:
@@ -347,7 +411,7 @@ def plan(sources: Sequence[Source], cfg: config_lib.Config, mt: dict[str, Any]) 
             if s.batch_size < 1:
                 raise ValueError(f"source {s.name!r}: batch_size={s.batch_size} must be >= 1")
             batch[s.name] = int(s.batch_size)
-    total_rows = sum(batch.values())
+    total_rows = sum(batch[s.name] for s in sources if s.weight is None)  # of the sources the rule weighs
     weight = {s.name: float(s.weight) if s.weight is not None else batch[s.name] / total_rows for s in sources}
     steps_per_epoch = max(sum(s.size for s in sampled) // cfg.train.batch_size, 1)
     tc = cfg.train
@@ -367,7 +431,8 @@ def prepare(cfg: config_lib.Config, extra_sources: Callable | None = None) -> di
 
     mt = check_config(cfg)
     base = load_base(cfg.model.name)
-    sources = task_sources(cfg, base, mt) + list(extra_sources(cfg, base) if extra_sources else [])
+    sources = task_sources(cfg, base, mt) + ([lm_source(cfg, base, mt)] if mt["lm_weight"] > 0 else [])
+    sources += list(extra_sources(cfg, base) if extra_sources else [])
     model_config = base.config
     overrides = {k: cfg.model[k] for k in ("dtype", "remat", "attention") if hasattr(model_config, k)}
     if overrides:
