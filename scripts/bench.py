@@ -11,6 +11,9 @@ and dropout on (training mode).
   ftlab    the loop's own code path: `default_config()` with `delta.method=...`, then `loop.prepare`,
            `loop.init_delta` and `loop.init_training` (the donated state dict step/train/fixed/opt_state/rng
            of `make_train_step`, θ₀ passed separately), i.e. exactly what `train_and_evaluate` runs.
+  lora_remat: LoRA with every layer rematerialised in the backward pass except its matmul outputs (ftlab
+           `model.remat=dots`; PyTorch: PEFT LoRA + transformers' `gradient_checkpointing_enable()`, which
+           recomputes whole layers): the memory lever for adapters, whose activations dominate the step.
   PyTorch  full = AdamW on all parameters; frozen = only the classifier trainable; bitfit = biases + the
            classifier; layernorm = norm weights (+ biases) + the classifier; lora (r=8, α=16, query/value) / prefix (20 virtual tokens) / prompt (20 virtual
            tokens) = PEFT with the classifier in modules_to_save. Houlsby (no PEFT equivalent) and SAID /
@@ -24,10 +27,13 @@ SmolLM2 has no bias terms, so BitFit is n/a there and 'layernorm' (RMSNorm scale
 SmolLM2 also gets greedy decoding: ftlab `models.generate` vs transformers `generate(do_sample=False)`,
 prompt 32 tokens, 64 new tokens, batch 1, median of 3 calls after a warm-up call.
 
-Commands (the machine's rules: one core, single-threaded XLA, offline):
+Commands (the machine's rules: one core, single-threaded XLA, offline; XLA stops reading XLA_FLAGS at the first
+token that is not a `--flag`, so never add TensorFlow-style `intra_op_parallelism_threads=1` there: the
+benchmarks before 2026-12-06 did, which silently dropped ftlab's own `--xla_cpu_experimental_ynn_fusion_type=`
+and ran with XLA's YNNPACK dot fusions):
 
   taskset -c 1 env HF_HUB_OFFLINE=1 \\
-      XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \\
+      XLA_FLAGS="--xla_cpu_multi_thread_eigen=false" \\
       .venv/bin/python scripts/bench.py --models minilm,smollm2 --steps minilm=5,smollm2=3 \\
       --warmup minilm=2,smollm2=1 --out docs/bench                  # -> docs/bench.json, docs/bench.md
   .venv/bin/python scripts/bench.py --models minilm --methods full,lora --steps 3 --warmup 1 --out /tmp/b
@@ -61,13 +67,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 MODELS: dict[str, dict[str, Any]] = {
     "minilm": {
         "base": "minilm", "seq": 128, "batch": 32, "kind": "classification", "num_labels": 2, "steps": 5, "warmup": 2,
-        "methods": ["full", "frozen", "bitfit", "lora", "houlsby", "prefix", "prompt", "said", "diffprune"],
+        "methods": ["full", "frozen", "bitfit", "lora", "lora_remat", "houlsby", "prefix", "prompt", "said",
+                    "diffprune"],
     },
     "smollm2": {
         "base": "smollm2", "seq": 256, "batch": 8, "kind": "causal_lm", "steps": 3, "warmup": 1,
         # SmolLM2 has no bias terms: BitFit selects nothing (reported n/a); 'layernorm' (the RMSNorm scales)
         # is the bias-free stand-in that, like BitFit, trains vectors but back-propagates through every layer.
-        "methods": ["full", "lora", "bitfit", "layernorm", "prompt", "decode"],
+        "methods": ["full", "lora", "lora_remat", "bitfit", "layernorm", "prompt", "decode"],
     },
     # GPU model-FLOPs-utilisation configurations (issue 11): full fine-tuning, bfloat16, random weights.
     "smollm2_1k": {
@@ -165,9 +172,12 @@ def train_flops(model: str) -> dict[str, Any]:
 # ftlab δ settings beyond the method defaults, kept equal to the PEFT configs below.
 DELTA_CONFIG: dict[str, dict[str, Any]] = {
     "lora": {"r": 8, "alpha": 16.0, "dropout": 0.0},  # default targets: query/value (q_proj/v_proj)
+    "lora_remat": {"r": 8, "alpha": 16.0, "dropout": 0.0},
     "prefix": {"num_virtual_tokens": 20, "projection": False},
     "prompt": {"num_virtual_tokens": 20},
 }
+METHOD_BASE = {"lora_remat": "lora"}  # bench rows that are a δ method plus a model setting
+METHOD_REMAT = {"lora_remat": "dots"}
 TORCH_NA = {
     "houlsby": "no PEFT equivalent (PEFT has no bottleneck adapters)",
     "said": "no PyTorch equivalent",
@@ -239,7 +249,8 @@ def ftlab_train(model: str, method: str, warmup: int, steps: int) -> dict[str, A
     cfg.model.attention = run["attention"]
     cfg.task.max_length = spec["seq"]
     cfg.train.batch_size = spec["batch"]
-    cfg.delta.method = method
+    cfg.delta.method = METHOD_BASE.get(method, method)
+    cfg.model.remat = METHOD_REMAT.get(method, "none")
     for k, v in DELTA_CONFIG.get(method, {}).items():
         cfg.delta[k] = v
     lm = spec["kind"] == "causal_lm"
@@ -277,6 +288,8 @@ def ftlab_train(model: str, method: str, warmup: int, steps: int) -> dict[str, A
         ma = compiled.memory_analysis()
         mem = {f"xla_{k}_mb": getattr(ma, f"{k}_size_in_bytes") / 2**20
                for k in ("temp", "argument", "output", "alias")}
+        # what the step needs resident while it runs: inputs (θ₀, donated state, batch), new outputs, temps
+        mem["xla_step_mb"] = mem["xla_argument_mb"] + mem["xla_output_mb"] - mem["xla_alias_mb"] + mem["xla_temp_mb"]
     except Exception as e:  # noqa: BLE001 - not every backend implements it
         mem = {"xla_memory_analysis": f"unavailable: {e}"}
     stats = jax.devices()[0].memory_stats() or {}
@@ -364,7 +377,7 @@ def _torch_method(net, model: str, method: str):
                                or (method == "bitfit" and name.endswith(".bias"))
                                or (method == "layernorm" and "norm" in name.lower()))
         return net
-    if method == "lora":
+    if method in ("lora", "lora_remat"):
         targets = ["q_proj", "v_proj"] if lm else ["query", "value"]
         conf = peft.LoraConfig(task_type=task, r=8, lora_alpha=16, lora_dropout=0.0, target_modules=targets,
                                modules_to_save=save)
@@ -383,7 +396,10 @@ def torch_train(model: str, method: str, warmup: int, steps: int, hf_dir: str, o
 
     torch.set_num_threads(_n_cpus())
     torch.manual_seed(0)
-    net = _torch_method(_torch_model(model, hf_dir), model, method)
+    net = _torch_model(model, hf_dir)
+    if method == "lora_remat":  # non-reentrant checkpointing: no input that requires grad needed (frozen embeddings)
+        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    net = _torch_method(net, model, method)
     net.train()
     named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
     n_train = sum(p.numel() for _, p in named)
@@ -592,8 +608,10 @@ def to_markdown(data: dict[str, Any]) -> str:
         "*ftlab compile s*: the first call, i.e. lowering + XLA compilation + the first step (compilation "
         "alone in bench.json as `compile_s`). *tokens/s*: batch × seq / step s (input tokens; prompt and prefix "
         "tuning's 20 virtual tokens not counted). *peak RSS*: ru_maxrss of the subprocess (includes loading "
-        "the model). *XLA temp*: temp buffers of the compiled step (memory_analysis). *÷ full*: step time "
-        "relative to the same framework's full fine-tuning. "
+        "the model). *XLA temp*: temp buffers of the compiled step (memory_analysis). *XLA step MB*: arguments "
+        "(θ₀, the donated state, the batch) + outputs not aliased to them + temps, i.e. the memory the step holds "
+        "while it runs, the CPU analogue of a GPU's peak (imports, tokenizer and host copies excluded). "
+        "*÷ full*: step time (and XLA step memory) relative to the same framework's full fine-tuning. "
         f"Imports alone (peak RSS MB of an interpreter that only imports): ftlab {_f(m['import_rss_mb']['ftlab'], '{:,.0f}')} "
         f"(jax + transformers, which imports torch when it is installed), PyTorch "
         f"{_f(m['import_rss_mb']['torch'], '{:,.0f}')} (torch + transformers + peft).",
@@ -609,10 +627,11 @@ def to_markdown(data: dict[str, Any]) -> str:
                   f"({warmup} warm-up + {steps} timed steps)", "",
                   "| method | trainable params ftlab / PyTorch | ftlab step s | PyTorch step s | ftlab ÷ PyTorch "
                   f"| ftlab compile s | PyTorch first step s | tokens/s ftlab / PyTorch | {mem_name} ftlab / PyTorch "
-                  "| XLA temp MB | ÷ full ftlab / PyTorch |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| XLA temp MB | XLA step MB (÷ full) | ÷ full ftlab / PyTorch |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         full_j, full_t = _val(_get(recs, "ftlab", model, "full"), "step_s"), _val(_get(recs, "torch", model, "full"),
                                                                                     "step_s")
+        full_mem = _val(_get(recs, "ftlab", model, "full"), "xla_step_mb")
         notes = []
         for method in methods:
             j, t = _get(recs, "ftlab", model, method), _get(recs, "torch", model, method)
@@ -630,6 +649,8 @@ def to_markdown(data: dict[str, Any]) -> str:
                 f"{_f(_val(j, 'tokens_per_s'), '{:,.0f}')} / {_f(_val(t, 'tokens_per_s'), '{:,.0f}')}",
                 f"{_f(_val(j, mem_key), '{:,.0f}')} / {_f(_val(t, mem_key), '{:,.0f}')}",
                 _f(_val(j, "xla_temp_mb"), "{:,.0f}"),
+                (f"{_f(_val(j, 'xla_step_mb'), '{:,.0f}')} "
+                 f"({_f(_val(j, 'xla_step_mb') / full_mem if _val(j, 'xla_step_mb') and full_mem else None, '{:.2f}')})"),
                 f"{_f(js / full_j if js and full_j else None, '{:.2f}')} / "
                 f"{_f(ts / full_t if ts and full_t else None, '{:.2f}')} |",
             ]))
