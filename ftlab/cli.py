@@ -250,9 +250,10 @@ def cmd_export(argv: list[str]) -> int:
         raise SystemExit(f"error: method {cfg.delta.method} adds modules at run time; merge it first "
                          "(module deltas export in PEFT format instead)")
     params = jax.device_get(variables["params"])
-    from ftlab.train.loop import TASK_HEADS
+    from ftlab.train.loop import TASK_HEADS, _prompt
 
-    head = TASK_HEADS[prep["task"].kind]
+    prompt = _prompt(cfg, prep["task"], prep["base"].config)  # prompt-based: the LM head it was trained with
+    head = prompt["head"] if prompt is not None else TASK_HEADS[prep["task"].kind]
     export_hf(params, prep["model"].config if hasattr(prep["model"], "config") else prep["base"].config, args.out,
               head=head, num_labels=prep["task"].num_labels, tokenizer=prep["base"].tokenizer)
     print(f"wrote {args.out}")

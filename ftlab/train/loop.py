@@ -263,7 +263,7 @@ def prepare(cfg: config_lib.Config, head: str | None = None) -> dict[str, Any]:
 
     `head` overrides the head the task implies (e.g. 'causal_lm' for the language-model benchmark)."""
     from ftlab.checkpoint import load_base
-    from ftlab.models import build_model, init_params
+    from ftlab.models import build_model, family, init_params
     from ftlab.tasks import get_task
 
     task = get_task(cfg.task.name)
@@ -278,8 +278,13 @@ def prepare(cfg: config_lib.Config, head: str | None = None) -> dict[str, Any]:
         head = "early_exit"
     if head is None and _prompt(cfg, task, base.config) is not None:  # prompt-based: the LM head, no new head
         head = _prompt(cfg, task, base.config)["head"]
-    model = build_model(model_config, head=head or TASK_HEADS[task.kind], num_labels=task.num_labels,
-                        pooling=cfg.model.pooling)
+    head = head or TASK_HEADS[task.kind]
+    if family(base.config) == "t5" and head != "seq2seq_lm":  # an encoder–decoder has its LM head only
+        raise config_lib.ConfigError(
+            f"model.name={cfg.model.name!r} is a T5 encoder–decoder: ftlab has no {head} head for it (task "
+            f"{task.name!r}, {task.kind}); T5 trains text-to-text only: set prompt.pattern (or prompt.template and "
+            "prompt.verbalizer) of a classification task for the seq2seq scorer (docs/prompts.md)")
+    model = build_model(model_config, head=head, num_labels=task.num_labels, pooling=cfg.model.pooling)
     example = jnp.ones((1, 8), jnp.int32)
     base_params = base.params
     head_rule = cfg.model.get("head", "keep")
@@ -358,9 +363,10 @@ def _load_split(cfg, task, tokenizer, split: str, subset: int = 0, model_config=
 
 def encode_examples(cfg, task, tokenizer, examples: list, split: str, model_config=None) -> tuple[list, Any]:
     """(examples, encoded): `examples` of `split` encoded as this config's run encodes them: prompt rows (with
-    LM-BFF demonstrations from the train split, which then come back added to the examples) for a prompt-based
-    run, else `ftlab.data.tokenize.encode`. Another split name than train (e.g. PET's unlabeled pool) is encoded
-    as an evaluation split is."""
+    LM-BFF demonstrations from the train split, which then come back added to the examples; the seq2seq scorer:
+    encoder rows + label-word decoder rows, `ftlab.prompts.encode_seq2seq`) for a prompt-based run, else
+    `ftlab.data.tokenize.encode`. Another split name than train (e.g. PET's unlabeled pool) is encoded as an
+    evaluation split is."""
     from ftlab.data.tokenize import encode
 
     max_pos = getattr(model_config, "max_position_embeddings", None) if model_config is not None else None
@@ -373,6 +379,13 @@ def encode_examples(cfg, task, tokenizer, examples: list, split: str, model_conf
 
         if max_pos is not None and cfg.task.max_length > max_pos:
             raise ValueError(f"max_length={cfg.task.max_length} exceeds the model's {max_pos} positions")
+        if prompt["scorer"] == "seq2seq":  # T5: encoder rows + one decoder row per label word (no demonstrations)
+            from ftlab.prompts import encode_seq2seq
+
+            return examples, encode_seq2seq(examples, tokenizer, prompt["template"], prompt["verbalizer"],
+                                            task.label_names, cfg.task.max_length,
+                                            model_config.decoder_start_token_id, model_config.eos_token_id,
+                                            prompt["score_suffix"], prompt["slot_text"])
         template, variants = prompt["template"], 1
         if prompt["demos"] != "none":  # LM-BFF demonstrations from the train split (one set per train input)
             from ftlab.train import prompting
@@ -553,12 +566,17 @@ def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_
     `transform`: the batch rewrite of both steps (an mlm stage's masking, `lm_transform`)."""
     from ftlab import optim
     from ftlab.deltas.subset import num_layers
+    from ftlab.models import family
 
     delta_mod, delta, train_params, fixed_params = d["delta_mod"], d["delta"], d["train"], d["fixed"]
     rng = jax.random.key(cfg.seed)
     averaging.check_config(cfg.train)
     ema_decay, ema_warmup = cfg.train.get("ema_decay", 0.0), cfg.train.get("ema_warmup", False)
-    n_layers = num_layers(delta_mod.apply(params, delta)["params"])
+    two_stacks = family(d["model"].config) == "t5"  # encoder and decoder: no single layer count
+    if two_stacks and cfg.optim.get("llrd", 1.0) != 1.0:
+        raise config_lib.ConfigError(f"optim.llrd={cfg.optim.llrd}: layer-wise lr decay needs one layer stack; a T5 "
+                                     "model has an encoder and a decoder")
+    n_layers = None if two_stacks else num_layers(delta_mod.apply(params, delta)["params"])
     tx, lr_schedule = optim.build(dict(cfg.optim), train_params, total_steps, n_layers)
     loss = None  # the task's own loss
     if _exit_routine(cfg) != "none":
@@ -591,6 +609,9 @@ def init_training(cfg: config_lib.Config, params: Any, d: dict[str, Any], total_
         raise config_lib.ConfigError(
             f"train.grad_accum={cfg.train.grad_accum} must be >= 1 and divide train.batch_size={cfg.train.batch_size}")
     reg = cfg.get("reg")  # runs saved before the regularisers existed have no `reg`
+    if reg is not None and two_stacks and reg.get("method", "none") != "none":  # T5 reads no input-noise site
+        raise config_lib.ConfigError(f"reg.method={reg.method!r}: the embedding-perturbation regularisers are not "
+                                     "implemented for T5 (its model has no input-noise site)")
     if reg is not None:
         from ftlab.train import regularizers
 

@@ -129,15 +129,18 @@ DEFAULTS = {
     "template": "",       # overrides the pattern's template, e.g. "{sentence} It was {mask}."
     "verbalizer": "",     # overrides the pattern's words: "0=terrible|1=great" (or a dict in a config file)
     "scorer": "auto",     # cloze (masked LM) | causal (causal LM) | seq2seq (T5) | auto (the model family's)
-    "score_suffix": True,  # causal: also score the template text after the label word
+    "score_suffix": True,  # causal: also score the template text after the label word; seq2seq: the eos after it
+    "slot_text": "",      # seq2seq: what the encoder reads in the {mask} slot ('' = drop it; '<extra_id_0>' = T5's
+                          # span-corruption form)
     "demos": "none",      # LM-BFF demonstrations (ftlab.prompts.demos): none | random | similar (MiniLM cosine)
     "demo_sets": 1,       # demonstration sets per evaluation input; label scores are averaged over them
 }
 
 
 def resolve(prompt_cfg: Any, task: Any, model_family: str) -> dict[str, Any] | None:
-    """The config's prompt section -> {'template', 'verbalizer', 'scorer', 'score_suffix', 'head'}, or None when
-    prompting is off (no pattern and no template). Raises naming the key for an unusable setting."""
+    """The config's prompt section -> {'template', 'verbalizer', 'scorer', 'score_suffix', 'head', 'demos',
+    'demo_sets', 'slot_text'}, or None when prompting is off (no pattern and no template). Raises naming the key
+    for an unusable setting."""
     from ftlab.prompts import get_pattern, parse_template, parse_verbalizer
 
     if not prompt_cfg or not (prompt_cfg.get("pattern") or prompt_cfg.get("template")):
@@ -165,11 +168,18 @@ def resolve(prompt_cfg: Any, task: Any, model_family: str) -> dict[str, Any] | N
     demos = prompt_cfg.get("demos", "none")
     if demos not in ("none", "random", "similar"):
         raise ValueError(f"prompt.demos={demos!r}: choose from none, random, similar")
+    if demos != "none" and scorer == "seq2seq":
+        raise ValueError(f"prompt.demos={demos!r}: LM-BFF demonstrations are not implemented for the seq2seq "
+                         "scorer (set prompt.demos=none)")
+    slot_text = str(prompt_cfg.get("slot_text", ""))
+    if slot_text and scorer != "seq2seq":
+        raise ValueError(f"prompt.slot_text={slot_text!r} is read by the seq2seq scorer only (this run's scorer: "
+                         f"{scorer}; its {{mask}} slot holds the label word)")
     if int(prompt_cfg.get("demo_sets", 1)) < 1:
         raise ValueError("prompt.demo_sets must be >= 1")
     return {"template": template, "verbalizer": dict(verbalizer) if not isinstance(verbalizer, str) else verbalizer,
             "scorer": scorer, "score_suffix": bool(prompt_cfg.get("score_suffix", True)), "head": HEADS[scorer],
-            "demos": demos, "demo_sets": int(prompt_cfg.get("demo_sets", 1))}
+            "demos": demos, "demo_sets": int(prompt_cfg.get("demo_sets", 1)), "slot_text": slot_text}
 
 
 def embed_sentences(texts: list[str], model_name: str = "minilm", batch_size: int = 64,

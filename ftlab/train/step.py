@@ -28,6 +28,10 @@ from ftlab import tree
 from ftlab.models.layers import rows_sharded_over
 from ftlab.train import averaging, losses
 
+# Batch keys holding row indices into the batch's own rows (prompt batches, ftlab.prompts): choice_row indexes
+# the rows the logits come from (decoder rows of a seq2seq batch, else input rows), encoder_rows the encoder rows.
+ROW_INDEX_KEYS = {"choice_row": ("decoder_input_ids", "input_ids"), "encoder_rows": ("input_ids",)}
+
 
 def model_inputs(batch: dict) -> dict:
     kw = {"attention_mask": batch["attention_mask"]}
@@ -35,7 +39,22 @@ def model_inputs(batch: dict) -> dict:
         kw["token_type_ids"] = batch["token_type_ids"]
     if "positions" in batch:  # the masked LM's chosen slots (ftlab.train.lm)
         kw["positions"] = batch["positions"]
+    for k in ("decoder_input_ids", "decoder_attention_mask", "encoder_rows"):  # a seq2seq (T5) prompt batch
+        if k in batch:
+            kw[k] = batch[k]
     return kw
+
+
+def microbatch_rows(micro: dict) -> dict:
+    """Microbatches [A, b, ...] of a batch whose row-index keys (ROW_INDEX_KEYS) count from the start of each
+    microbatch. Example e's rows are contiguous (e·R .. e·R+R−1) and a microbatch holds whole examples, so the
+    global index i becomes i mod (the microbatch's rows of the indexed array)."""
+    out = dict(micro)
+    for key, targets in ROW_INDEX_KEYS.items():
+        if key in micro:
+            rows = micro[next(t for t in targets if t in micro)].shape[1]
+            out[key] = micro[key] % rows
+    return out
 
 
 def apply_delta(delta_mod: ModuleType, base: Any, delta: Any, rng: jax.Array | None = None,
@@ -103,17 +122,21 @@ def accumulated_value_and_grad(loss_fn: Callable, accum_steps: int, penalty: Cal
     Exact for padded and token-level losses: each microbatch contributes its loss *sum* and its weight (real
     examples or tokens), and the sums are divided by the batch's total weight once. A delta's penalty (diff
     pruning's L0 term) does not depend on the data and is added once. Microbatch i draws its dropout from
-    fold_in(rng, i)."""
+    fold_in(rng, i). A prompt batch (R rows per example in some keys) is split by examples, its row indices made
+    local to each microbatch (`microbatch_rows`)."""
 
     def sum_loss(train, fixed, base, batch, rng, step):
         _, aux = loss_fn(train, fixed, base, batch, rng, step)
         return aux["loss_sum"], aux
 
     def value_and_grad(train, fixed, base, batch, rng, step=None):
-        b = jax.tree_util.tree_leaves(batch)[0].shape[0]
+        # examples: the fewest rows of any key (a prompt batch has R rows per example in input_ids, one in labels)
+        b = min(x.shape[0] for x in jax.tree_util.tree_leaves(batch))
         if b % accum_steps:
             raise ValueError(f"batch of {b} rows does not split into grad_accum={accum_steps} equal microbatches")
-        micro = jax.tree_util.tree_map(lambda x: x.reshape(accum_steps, b // accum_steps, *x.shape[1:]), batch)
+        micro = jax.tree_util.tree_map(
+            lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:]), batch)
+        micro = microbatch_rows(micro)  # a prompt batch's row indices, local to each microbatch
 
         def body(carry, xs):
             grads, loss_sum, weight = carry
