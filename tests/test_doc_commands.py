@@ -98,6 +98,9 @@ def shorten(cmd: str, tmp: str, tiny: str) -> list[str]:
             a = "2"
         elif i and argv[i - 1] == "--limit":  # few-shot evaluation of the real model: a handful of examples
             a = "8"
+        elif re.match(r"^--config\.[\w.]+=runs/", a):  # an override naming a file a previous command wrote
+            key, value = a.split("=", 1)
+            a = f"{key}={os.path.join(tmp, value)}"
         elif re.match(r"^(runs/|/tmp/|hf_|curves\.png)", a) or (i and argv[i - 1] == "--out"):
             a = os.path.join(tmp, a.lstrip("/"))
         out.append(a)

@@ -258,7 +258,12 @@ def test_runlocal_reaches_the_target_density(tmp_path, tiny_bert_dir):
     r = json.load(open(tmp_path / "results.json"))
     s = r["delta_stats"]
     assert r["method"] == "prune" and r["train_steps"] == 8 and s["criterion"] == "movement"
-    assert s["kept"] == round(0.1 * s["pruned_params"]) and abs(s["density"] - 0.1) < 1e-4
+    # the config's per-layer budget: each encoder kernel keeps round(0.1 · its size) entries
+    mc = json.load(open(os.path.join(tiny_bert_dir, "config.json")))
+    h, i = mc["hidden_size"], mc["intermediate_size"]
+    per_layer = 4 * round(0.1 * h * h) + 2 * round(0.1 * h * i)
+    assert s["budget"] == "per_layer" and s["pruned_params"] == mc["num_hidden_layers"] * (4 * h * h + 2 * h * i)
+    assert s["kept"] == mc["num_hidden_layers"] * per_layer and abs(s["density"] - 0.1) < 1e-3
     meta = json.load(open(tmp_path / "delta" / "delta.json"))
     assert meta["array_bytes"] == r["delta_bytes"]
     dense = r["total_params"] * 4
