@@ -59,6 +59,8 @@ METHODS = [
     ),
     ("prune_movement", "prune", {"targets": LAYER1 + "kernel", "keep": 0.5}, True, ANY),  # S = 0: ties, all kept
     ("prune_magnitude", "prune", {"criterion": "magnitude", "budget": "per_layer", "keep": 0.5}, False, ANY),
+    ("prune_units_movement", "prune_units", {"num_heads": 2}, True, ANY),  # S = 0: ties, every unit kept
+    ("prune_units_magnitude", "prune_units", {"criterion": "magnitude", "num_heads": 2, "units": "ffn"}, False, ANY),
     ("did", "did", {"d": 24, "targets": LAYER1}, True, LAYER1 + "|" + HEAD),
     ("said", "said", {"d": 40, "targets": LAYER1}, True, LAYER1 + "|" + HEAD),
     ("reinit", "reinit", {"k": 2}, False, ANY),

@@ -26,6 +26,7 @@ METHOD_OVERRIDES = {
     "prompt": [],
     # movement scores make trainable > total (W and S); movement runs through the loop in test_prune.py
     "prune": ["delta.criterion=magnitude"],
+    "prune_units": ["delta.criterion=magnitude"],  # movement: test_prune_units.py
 }
 
 

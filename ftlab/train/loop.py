@@ -532,6 +532,8 @@ def init_delta(cfg: config_lib.Config, prep: dict[str, Any]) -> dict[str, Any]:
     method = delta_cfg.pop("method")
     delta_mod = deltas.get(method)
     delta_cfg = deltas.check_config(delta_mod, delta_cfg)
+    if hasattr(delta_mod, "config_from_model"):  # keys the model's config fills in (structured pruning's heads)
+        delta_cfg = delta_mod.config_from_model(delta_cfg, model.config)
     rng = jax.random.key(cfg.seed)
     if delta_cfg.get("init_from"):  # staged methods start from a saved δ: it must belong to this base
         with open(os.path.join(delta_cfg["init_from"], "delta.json")) as f:
