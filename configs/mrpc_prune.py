@@ -7,7 +7,8 @@ Paper/reference: Sanh, Wolf & Rush 2020, "Movement Pruning: Adaptive Sparsity by
           Gupta 2017.
 Command:  python scripts/train.py --config configs/mrpc_prune.py:movement10 --workdir runs/mrpc_prune_movement10
           (variants magnitude10, magnitude3, movement10, movement3, soft10, soft3)
-Expected: dev F1 below mrpc_full (0.85), more so at 3% and for magnitude than movement; not yet measured.
+Expected: dev F1 below mrpc_full (0.85), more so at 3% and for magnitude than movement. Measured
+          (docs/pruning.md): magnitude and movement at 10% and 3% end at or next to the majority class (F1 0.812).
 """
 
 from ftlab.train.loop import apply_variant, default_config

@@ -12,8 +12,9 @@ Paper/reference: Sanh, Wolf & Rush 2020, "Movement Pruning: Adaptive Sparsity by
 Command:  python scripts/train.py --config configs/sst2_prune.py:movement10 --workdir runs/sst2_prune_movement10
           (variants magnitude10, magnitude3, movement10, movement3, soft10, soft3)
 Expected: dev accuracy below sst2_full:quick (0.86), more so at 3% and for magnitude than movement (Sanh et al.:
-          movement beats magnitude at high sparsity); δ stored as 8 bytes per kept encoder weight + the dense
-          embeddings and head; not yet measured.
+          movement beats magnitude at high sparsity). Measured (docs/pruning.md): magnitude10 0.780, magnitude3
+          0.642; movement10 and movement3 collapsed to one class (0.509) on this one-epoch budget; soft movement
+          λ 2000 → 36.9% kept, 0.867; λ 8000 → 5.55%, 0.790.
 """
 
 from ftlab.train.loop import apply_variant, default_config

@@ -1,13 +1,15 @@
 """Pruning results as a table and a plot: dev score against the encoder weights kept, one line per criterion.
 
-    python scripts/pruning_report.py docs/pruning --out docs/pruning/report
+    python scripts/pruning_report.py docs/pruning --out docs/pruning/report --majority \
+        --dense sst2=docs/results/sst2_full_quick.json mrpc=docs/results/mrpc_full.json
 
 Reads every `<task>_<variant>.json` in the folder (each a pruning run's results.json, copied there by hand or by
 scripts/run_experiments.sh) and, optionally, the dense reference runs given with `--dense TASK=FILE` (a full
 fine-tuning results.json of the same protocol). Writes OUT.md (one row per run: criterion, budget, encoder
 weights kept as measured by `delta_stats.density`, best-eval score, change vs dense, stored δ bytes, the
 pruned encoder's share of them) and OUT.png (one panel per task, score vs kept fraction on a log axis, the
-dense score as a dashed line). Nothing is averaged: each point is one run.
+dense score as a dashed line, with `--majority` the majority-class score as a dotted one: a run on that line
+has collapsed to one class). Nothing is averaged: each point is one run.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import glob
 import json
 import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def load(folder: str) -> list[dict]:
@@ -37,9 +41,29 @@ def load(folder: str) -> list[dict]:
             "penalty_weight": d.get("penalty_weight") if d["criterion"] == "soft_movement" else None,
             "density": stats["density"], "kept": stats["kept"], "pruned_params": n, "metric": metric,
             "score": float(best[metric]), "final": float(r["metrics"][metric]), "steps": r["train_steps"],
+            "others": {k: float(v) for k, v in best.items() if k not in (metric, "loss")},
             "epochs": r["config"]["train"]["epochs"], "delta_bytes": r["delta_bytes"],
         })
     return rows
+
+
+def majority_scores(tasks: set[str]) -> dict[str, float]:
+    """Per task: the main metric of predicting the train split's most frequent label for every dev example
+    (data from $FTLAB_DATA or the shipped copy, as training reads it): the floor a collapsed run sits on."""
+    from collections import Counter
+
+    from ftlab.data.paths import resolve_data_dir
+    from ftlab.tasks import get_task
+    from ftlab.tasks import metrics as metrics_lib
+
+    out = {}
+    for name in sorted(tasks):
+        task = get_task(name)
+        root = resolve_data_dir(name, None)
+        top = Counter(e["label"] for e in task.read("train", root)).most_common(1)[0][0]
+        refs = [e["label"] for e in task.read("dev", root)]
+        out[name] = float(metrics_lib.compute(task, [top] * len(refs), refs)[task.main_metric])
+    return out
 
 
 def table(rows: list[dict], dense: dict[str, float]) -> str:
@@ -50,11 +74,13 @@ def table(rows: list[dict], dense: dict[str, float]) -> str:
         delta = f"{100 * (r['score'] - ref):+.1f}" if ref is not None else "–"
         lam = f"{r['penalty_weight']:g}" if r["penalty_weight"] is not None else "–"
         out.append(f"| {r['run']} | {r['task']} | {r['criterion']} | {r['budget']} | {lam} | {100 * r['density']:.2f}% "
-                   f"| {r['epochs']:g} | {r['metric']} {r['score']:.4f} | {delta} | {r['delta_bytes']:,} |")
+                   f"| {r['epochs']:g} | {r['metric']} **{r['score']:.4f}**"
+                   + "".join(f", {k} {v:.4f}" for k, v in r.get("others", {}).items())
+                   + f" | {delta} | {r['delta_bytes']:,} |")
     return "\n".join(out)
 
 
-def plot(rows: list[dict], dense: dict[str, float], path: str) -> None:
+def plot(rows: list[dict], dense: dict[str, float], path: str, majority: dict[str, float] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,6 +100,8 @@ def plot(rows: list[dict], dense: dict[str, float], path: str) -> None:
                             label=f"{crit} ({budget.replace('_', '-')})")
         if task in dense:
             ax.axhline(dense[task], color="gray", ls="--", lw=1, label="dense (full fine-tuning)")
+        if majority and task in majority:
+            ax.axhline(majority[task], color="red", ls=":", lw=1, label="majority class")
         metric = next(r["metric"] for r in rows if r["task"] == task)
         ax.set_xscale("log")
         ax.set_xlabel("encoder weights kept (%)")
@@ -92,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="writes OUT.md and OUT.png")
     ap.add_argument("--dense", nargs="*", default=[], metavar="TASK=RESULTS_JSON",
                     help="full fine-tuning results.json of the same protocol, per task")
+    ap.add_argument("--majority", action="store_true",
+                    help="also the majority-class score of each task (reads its train and dev split)")
     args = ap.parse_args(argv)
     rows = load(args.folder)
     if not rows:
@@ -108,10 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".md", "w") as f:
         f.write(table(rows, dense) + "\n")
+    majority = majority_scores({r["task"] for r in rows}) if args.majority else {}
     with open(args.out + ".json", "w") as f:
-        json.dump({"dense": dense, "runs": rows}, f, indent=2)
-    plot(rows, dense, args.out + ".png")
+        json.dump({"dense": dense, "majority": majority, "runs": rows}, f, indent=2)
+    plot(rows, dense, args.out + ".png", majority)
     print(table(rows, dense))
+    if majority:
+        print("majority class: " + ", ".join(f"{t} {v:.4f}" for t, v in majority.items()))
     print(f"wrote {args.out}.md, .json and .png ({len(rows)} runs)")
     return 0
 

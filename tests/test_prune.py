@@ -268,3 +268,26 @@ def test_runlocal_reaches_the_target_density(tmp_path, tiny_bert_dir):
     assert meta["array_bytes"] == r["delta_bytes"]
     dense = r["total_params"] * 4
     assert r["delta_bytes"] == dense - 4 * s["pruned_params"] + 8 * s["kept"]
+
+
+def test_only_soft_movement_waits_for_the_schedule_end_to_select():
+    assert prune.selectable({"criterion": "magnitude"}, 1, 100) and prune.selectable({"criterion": "movement"}, 1, 100)
+    soft = {"criterion": "soft_movement", "cooldown_fraction": 0.2}
+    assert not prune.selectable(soft, 79, 100) and prune.selectable(soft, 80, 100) and prune.selectable(soft, 100, 100)
+
+
+@pytest.mark.slow
+def test_soft_movement_run_selects_its_best_after_the_schedule(tmp_path, tiny_bert_dir):
+    """Evaluations every 2 of 8 steps: those at 2, 4, 6 (before t_f = 6.4) are logged but never the best δ."""
+    from ftlab.train.loop import train_and_evaluate
+
+    cfg = config_lib.load(os.path.join(REPO, "configs", "sst2_prune.py:runlocal"))
+    cfg = config_lib.apply_overrides(cfg, [f"model.name={tiny_bert_dir}", "task.max_length=32",
+                                           "train.pad_to_multiple_of=32", "train.progress=false",
+                                           "train.eval_batch_size=256", "delta.criterion=soft_movement",
+                                           "train.eval_every=2"])
+    train_and_evaluate(cfg, str(tmp_path))
+    r = json.load(open(tmp_path / "results.json"))
+    evals = [json.loads(ln) for ln in open(tmp_path / "metrics.jsonl") if '"eval"' in ln]
+    assert [e["step"] for e in evals] == [2, 4, 6, 8]
+    assert r["best_step"] == 8 and json.load(open(tmp_path / "delta" / "delta.json"))["step"] == 8

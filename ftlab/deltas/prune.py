@@ -275,6 +275,15 @@ def penalty(delta: Mapping[str, Any], step=None, total_steps: int | None = None)
     return lam * sum(jnp.sum(jax.nn.sigmoid(x)) for x in s) / n
 
 
+def selectable(config: Mapping[str, Any], step: int, total_steps: int) -> bool:
+    """Whether an evaluation at `step` may become the run's best δ (the training loop asks). The hard criteria
+    evaluate with the final keep at every step; soft movement's mask is σ(S) > tau of the current scores, so only
+    evaluations from the end of the schedule (t_f = (1 - cooldown_fraction)·T) on are at the run's sparsity. An
+    earlier one (e.g. MRPC's first epoch, still ~100% dense) was selected and exported before this check."""
+    cfg = _cfg(config)
+    return cfg["criterion"] != "soft_movement" or step >= (1.0 - cfg["cooldown_fraction"]) * total_steps
+
+
 def trainable(delta: Mapping[str, Any]) -> Any:
     frozen = re.compile(r"prune/(?:hp|targets|indices)/.*")
     return tree.map_with_path(lambda p, _: not frozen.fullmatch(p), delta)

@@ -778,7 +778,12 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
                                             parallel.to_host(state["train"]), keep=avg_k)
                 last_eval = evals[ema_eval]
                 score = last_eval[task.main_metric]
-                if metrics_lib.improved(task.main_metric, score, meta["best_score"]):
+                # a δ whose evaluated form depends on the schedule (soft movement's mask) may be selected only
+                # once that form is final; earlier evals are logged and neither improve nor count as bad evals
+                selectable = getattr(delta_mod, "selectable", None)
+                if selectable is not None and not selectable(delta_cfg, step, total_steps):
+                    pass
+                elif metrics_lib.improved(task.main_metric, score, meta["best_score"]):
                     meta.update(best_score=score, best_step=step, bad_evals=0, best_metrics=last_eval)
                     best_delta = parallel.to_host(tree.merge(averaging.eval_state(state, ema_eval)["train"],
                                                              state["fixed"]))  # all processes
