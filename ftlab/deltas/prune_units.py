@@ -214,9 +214,8 @@ def masks(delta: Mapping[str, Any], step=None, total_steps: int | None = None) -
     """{unit: float32 0/1 [L, n]} at `step` (None: the final keep). Keeps every unit whose score is >= the
     k-th largest of its layer (per_layer) or of all layers (global)."""
     pu = delta["prune_units"]
-    units, budget, _, layers = _mode(pu)
+    units, budget, _, _ = _mode(pu)
     hp = pu["hp"]
-    del layers
     out = {}
     for u in units:
         s = unit_scores(delta, u)

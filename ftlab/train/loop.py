@@ -780,17 +780,16 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
                 score = last_eval[task.main_metric]
                 # a δ whose evaluated form depends on the schedule (soft movement's mask) may be selected only
                 # once that form is final; earlier evals are logged and neither improve nor count as bad evals
-                selectable = getattr(delta_mod, "selectable", None)
-                if selectable is not None and not selectable(delta_cfg, step, total_steps):
-                    pass
-                elif metrics_lib.improved(task.main_metric, score, meta["best_score"]):
+                eligible = (not hasattr(delta_mod, "selectable")
+                            or delta_mod.selectable(delta_cfg, step, total_steps))
+                if eligible and metrics_lib.improved(task.main_metric, score, meta["best_score"]):
                     meta.update(best_score=score, best_step=step, bad_evals=0, best_metrics=last_eval)
                     best_delta = parallel.to_host(tree.merge(averaging.eval_state(state, ema_eval)["train"],
                                                              state["fixed"]))  # all processes
                     if tc.export_delta == "best" and jax.process_index() == 0:
                         delta_io.save(os.path.join(workdir, "best_delta"), method, delta_cfg, best_delta,
                                       base.source, base.hash, {"step": step})
-                else:
+                elif eligible:
                     meta["bad_evals"] += 1
                 if jax.process_index() == 0:
                     progress.write(f"[ftlab] step {step}: {cfg.task.eval_split} "
