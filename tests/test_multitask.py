@@ -569,3 +569,19 @@ def test_joint_causal_lm_source_on_a_decoder(tmp_path, hf_offline):
                                                                   tb["input_ids"], tb["attention_mask"]), tb)[0])
     assert float(m["loss/lm"]) == pytest.approx(lm_loss, rel=1e-5)
     assert float(m["loss"]) == pytest.approx(task_loss + 0.25 * lm_loss, rel=1e-5)
+
+
+@pytest.mark.slow  # a 6-step run of the tiny model with movement scores
+def test_soft_movement_multitask_selects_its_best_after_the_schedule(tmp_path, tiny_bert_dir):
+    """The multi-task loop asks `loop.selectable` too: of the evals at 2, 4, 6, only step 6 (≥ t_f = 4.8) may be
+    the best, and the exported best δ is step 6's."""
+    (tmp_path / "data").mkdir()
+    cfg = _tiny_run_cfg(tmp_path / "data", tiny_bert_dir, "train.eval_every=2", "train.checkpoint_every=0",
+                        "train.export_delta=best", "delta.method=prune", "delta.criterion=soft_movement",
+                        "delta.keep=0.1", "delta.budget=per_layer", "delta.warmup_fraction=0.1",
+                        "delta.cooldown_fraction=0.2", "delta.tau=0.1", "delta.penalty_weight=150.0")
+    r = multitask.train_multitask(cfg, str(tmp_path / "run"))
+    evals = [json.loads(ln) for ln in open(tmp_path / "run" / "metrics.jsonl") if '"eval"' in ln]
+    assert [e["step"] for e in evals] == [2, 4, 6]
+    assert r["best_step"] == 6
+    assert json.load(open(tmp_path / "run" / "best_delta" / "delta.json"))["step"] == 6

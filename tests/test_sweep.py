@@ -168,3 +168,22 @@ def test_stability_report_counts_failed_runs_and_writes_plots(tmp_path):
     for png in ("stability.png", "evp.png"):
         assert (tmp_path / "out" / png).stat().st_size > 10_000
     assert "| cola | vanilla | matthews_corr | 5 |" in open(tmp_path / "out" / "stability.md").read()
+
+
+@pytest.mark.slow  # one vmapped compilation of the tiny model with movement scores
+def test_soft_movement_sweep_selects_each_seeds_best_after_the_schedule(tmp_path, tiny_bert_dir):
+    """As the single-run loop: soft movement's evaluations before t_f = 0.8·8 = 6.4 (steps 2, 4, 6) are logged
+    and never a seed's best; the early stop at step 4 still ranks the seeds (by their latest score)."""
+    cfg = config_lib.load(os.path.join(REPO, "configs", "sst2_prune.py:runlocal"))
+    cfg = config_lib.apply_overrides(cfg, [
+        f"model.name={tiny_bert_dir}", "task.max_length=32", "train.pad_to_multiple_of=32", "train.progress=false",
+        "train.eval_batch_size=256", "task.train_subset=128", "train.max_steps=8", "train.eval_every=2",
+        "train.checkpoint_every=0", "train.export_delta=none", "delta.criterion=soft_movement",
+        "sweep.seeds=(1, 2, 3)", "sweep.stop_fraction=0.5", "sweep.keep=2"])
+    summary = sweep.train_seeds(cfg, str(tmp_path))
+    steps_run = {s: summary["per_seed"][s]["steps_run"] for s in ("1", "2", "3")}
+    assert sorted(steps_run.values()) == [4, 8, 8]
+    for s, n in steps_run.items():
+        r = json.load(open(tmp_path / "seeds" / s / "results.json"))
+        assert r["best_step"] == (8 if n == 8 else None)  # a seed stopped at step 4 never reached t_f
+        assert (r["metrics"] is not None) and (summary["per_seed"][s]["best_score"] is None) == (n == 4)

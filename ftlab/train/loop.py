@@ -475,6 +475,13 @@ class _Logger:
             self.tb.close()
 
 
+def selectable(delta_mod, delta_cfg, step: int, total_steps: int) -> bool:
+    """Whether an evaluation at `step` may become a run's best δ: a delta whose evaluated form depends on the
+    schedule (soft movement's mask) says so through its module's `selectable`; any other delta always may. The
+    single-run loop, seed sweeps and multi-task runs all ask this."""
+    return not hasattr(delta_mod, "selectable") or delta_mod.selectable(delta_cfg, step, total_steps)
+
+
 def evaluate(eval_step, state: dict, base, task, enc, batch_size: int, pad_id: int, pad_multiple: int,
              mesh=None) -> dict:
     """Metrics of the current δ on an encoded split (padded final batch; padding rows masked out).
@@ -780,8 +787,7 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str) -> dict[str, Any]:
                 score = last_eval[task.main_metric]
                 # a δ whose evaluated form depends on the schedule (soft movement's mask) may be selected only
                 # once that form is final; earlier evals are logged and neither improve nor count as bad evals
-                eligible = (not hasattr(delta_mod, "selectable")
-                            or delta_mod.selectable(delta_cfg, step, total_steps))
+                eligible = selectable(delta_mod, delta_cfg, step, total_steps)
                 if eligible and metrics_lib.improved(task.main_metric, score, meta["best_score"]):
                     meta.update(best_score=score, best_step=step, bad_evals=0, best_metrics=last_eval)
                     best_delta = parallel.to_host(tree.merge(averaging.eval_state(state, ema_eval)["train"],

@@ -725,13 +725,14 @@ def train_multitask(cfg: config_lib.Config, workdir: str,
             evals, score = run_eval()
             last_eval = evals
             logger.log(step, "eval", _flat_eval(evals, score))
-            if meta["best_score"] is None or score > meta["best_score"]:
+            eligible = loop.selectable(delta_mod, delta_cfg, step, total_steps)  # soft movement: from t_f on
+            if eligible and (meta["best_score"] is None or score > meta["best_score"]):
                 meta.update(best_score=score, best_step=step, bad_evals=0, best_metrics=evals)
                 best_delta = jax.device_get(tree.merge(state["train"], state["fixed"]))
                 if tc.export_delta == "best":
                     delta_io.save(os.path.join(workdir, "best_delta"), method, delta_cfg, best_delta, base.source,
                                   base.hash, {"step": step})
-            else:
+            elif eligible:
                 meta["bad_evals"] += 1
             progress.write(f"[ftlab] step {step}: mean {score:.4f}; " + "; ".join(
                 f"{n} " + ", ".join(f"{k}={v:.4f}" for k, v in m_.items()) for n, m_ in evals.items()))

@@ -200,6 +200,13 @@ def _sequential(cfg: config_lib.Config, workdir: str, seeds: list[int]) -> dict[
                           train_time, time.time() - t0, "sequential", majority=None)
 
 
+def _rank_score(meta: dict[str, Any], seed: str, metric: str) -> float:
+    """Higher ranks better: the seed's best selectable score so far, else its latest (perplexity negated)."""
+    b = meta["best"][seed]
+    score = b["score"] if b["score"] is not None else meta["curves"][seed][-1][1]
+    return -score if metric in metrics_lib.LOWER_IS_BETTER else score
+
+
 def _seed_summary(best_metrics, best_step, final_metrics, main, curve, steps_run) -> dict[str, Any]:
     return {"best_score": best_metrics[main] if best_metrics else None, "best_step": best_step,
             "final_score": final_metrics[main] if final_metrics else None, "best_metrics": best_metrics,
@@ -345,14 +352,15 @@ def _vmapped(cfg: config_lib.Config, workdir: str, seeds: list[int]) -> dict[str
     def run_eval(step: int) -> None:
         results = _evaluate_rows(jeval, state, shared, fresh, task, eval_enc, tc.eval_batch_size, pad_id,
                                  tc.pad_to_multiple_of)
+        eligible = loop.selectable(d0["delta_mod"], delta_cfg, step, total_steps)  # soft movement: from t_f on
         for row, res in zip(alive, results):
             s = str(seeds[row])
             logger.log(step, "eval", {"seed": seeds[row], **res})
             meta["curves"][s].append([step, res[task.main_metric]])
-            if s not in meta["best"] or metrics_lib.improved(task.main_metric, res[task.main_metric],
-                                                                  meta["best"][s]["score"]):
-                meta["best"][s] = {"score": res[task.main_metric], "step": step, "metrics": res}
-            meta["best"][s]["final"] = res
+            b = meta["best"].setdefault(s, {"score": None, "step": None, "metrics": None})
+            if eligible and metrics_lib.improved(task.main_metric, res[task.main_metric], b["score"]):
+                b.update(score=res[task.main_metric], step=step, metrics=res)
+            b["final"] = res
         scores = ", ".join(f"{seeds[r]}:{res[task.main_metric]:.4f}" for r, res in zip(alive, results))
         progress.write(f"[ftlab] step {step}: {cfg.task.eval_split} {task.main_metric} by seed {scores}")
 
@@ -393,7 +401,9 @@ def _vmapped(cfg: config_lib.Config, workdir: str, seeds: list[int]) -> dict[str
             if step % eval_every == 0 or step == total_steps or step == stop_step:
                 run_eval(step)
             if step == stop_step:
-                ranked = sorted(alive, key=lambda r: meta["best"][str(seeds[r])]["score"], reverse=True)
+                # by the best selectable score so far, or the latest one where none is selectable yet
+                ranked = sorted(alive, key=lambda r: _rank_score(meta, str(seeds[r]), task.main_metric),
+                                reverse=True)
                 keep_rows = sorted(ranked[: cfg.sweep.keep])
                 for r in alive:
                     if r not in keep_rows:
@@ -425,7 +435,7 @@ def _vmapped(cfg: config_lib.Config, workdir: str, seeds: list[int]) -> dict[str
         b = meta["best"].get(str(s))
         steps_run = meta["stopped_at"].get(str(s), total_steps)
         per_seed[s] = _seed_summary(b["metrics"] if b else None, b["step"] if b else None,
-                                    b["final"] if b else None, task.main_metric, meta["curves"][str(s)], steps_run)
+                                    b.get("final") if b else None, task.main_metric, meta["curves"][str(s)], steps_run)
         r = {"config": with_seed(cfg, s).to_dict(), "task": task.name, "method": method, "model": cfg.model.name,
              "base_hash": base.hash, "metrics": per_seed[s]["final_metrics"],
              "best_metrics": per_seed[s]["best_metrics"], "best_step": per_seed[s]["best_step"],
