@@ -291,3 +291,49 @@ def test_soft_movement_run_selects_its_best_after_the_schedule(tmp_path, tiny_be
     evals = [json.loads(ln) for ln in open(tmp_path / "metrics.jsonl") if '"eval"' in ln]
     assert [e["step"] for e in evals] == [2, 4, 6, 8]
     assert r["best_step"] == 8 and json.load(open(tmp_path / "delta" / "delta.json"))["step"] == 8
+
+
+def test_largest_kept_by_hand(base):
+    """Per-layer magnitude at keep 0.2 keeps every tensor's top 10% by |W₀| (the δ at init is θ₀); movement
+    scores drawn independently of W keep about their density of it. The stored form gives the same masks, and
+    the shares equal a direct count over each tensor's argsort."""
+    cfg, d = _delta(base, criterion="magnitude", budget="per_layer", keep=0.2)
+    r = prune.largest_kept(base, d, (0.1,))
+    assert r["mean"]["top0.1"] == 1.0 and r["mean"]["density"] == pytest.approx(0.2, abs=0.01)
+    stored = prune.from_disk(prune.to_disk(d), base, cfg)
+    for p, m in prune.final_masks(base, stored).items():
+        np.testing.assert_array_equal(m, prune.final_masks(base, d)[p])
+    cfg, d = _delta(base, criterion="movement", budget="per_layer", keep=0.5)
+    r = prune.largest_kept(base, d, (0.25,))
+    W = _targets(base, cfg)
+    masks = prune.final_masks(base, d)
+    for p, row in r["tensors"].items():
+        top = np.argsort(-np.abs(W[p]).ravel())[: int(np.ceil(0.25 * W[p].size))]
+        assert row["top0.25"] == masks[p].ravel()[top].mean() and row["density"] == masks[p].mean()
+    assert 0.3 < r["mean"]["top0.25"] < 0.7  # independent of |W₀|: about the density 0.5
+
+
+def test_prune_diagnostics_script(tmp_path, tiny_bert_dir):
+    """The script reads a run's exported δ against its own base (config.json's model.name) and refuses a δ of
+    another method."""
+    import subprocess
+    import sys
+
+    from ftlab.checkpoint import delta_io
+    from ftlab.checkpoint.hf import load_base
+
+    b = load_base(tiny_bert_dir)
+    cfg, d = _delta(b.params, criterion="magnitude", budget="per_layer", keep=0.3)
+    run = tmp_path / "run"
+    delta_io.save(str(run / "delta"), "prune", cfg, d, b.source, b.hash, {"step": 7})
+    (run / "config.json").write_text(json.dumps({"model": {"name": tiny_bert_dir}}))
+    script = os.path.join(REPO, "scripts", "prune_diagnostics.py")
+    out = subprocess.run([sys.executable, script, str(run), "--out", str(tmp_path / "d.json")],
+                         capture_output=True, text=True, check=True)
+    assert "| run | magnitude | per_layer |" in out.stdout
+    rows = json.load(open(tmp_path / "d.json"))
+    assert rows[0]["step"] == 7 and rows[0]["mean"]["top0.1"] == 1.0
+    delta_io.save(str(tmp_path / "other"), "bitfit", {}, {"x": np.zeros(2, np.float32)}, b.source, b.hash, {})
+    bad = subprocess.run([sys.executable, script, str(tmp_path / "other"), "--model", tiny_bert_dir],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "not 'prune'" in bad.stderr

@@ -57,6 +57,7 @@ Trainable parameters: |θ₀| (magnitude); |θ₀| + N (movement, soft_movement)
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -366,6 +367,41 @@ def num_trainable(base_params: Mapping[str, Any], config: Mapping[str, Any]) -> 
     total = sum(int(np.prod(np.shape(x))) for x in flat.values())
     n = sum(int(np.prod(np.shape(flat[p]))) for p in target_paths(base_params, cfg))
     return total + (n if cfg["criterion"] != "magnitude" else 0)
+
+
+def final_masks(base_params: Mapping[str, Any], delta: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """{pruned path: bool mask} of δ's final θ, from the training form (exact top-k / σ(S) > tau) or the stored
+    form (the stored indices; a tensor stored dense keeps its nonzeros)."""
+    prune = delta["prune"]
+    if "indices" not in prune:
+        return {p: np.asarray(m) > 0 for p, m in jax.jit(masks)(delta).items()}
+    out = {p: np.asarray(x) != 0 for p, x in tree.flatten(prune.get("dense", {})).items()}
+    base_flat = tree.flatten(base_params)
+    for p, idx in tree.flatten(prune["indices"]).items():
+        m = np.zeros(np.shape(base_flat[p]), bool)
+        m.reshape(-1)[np.asarray(idx)] = True
+        out[p] = m
+    return out
+
+
+def largest_kept(base_params: Mapping[str, Any], delta: Mapping[str, Any],
+                 fractions: tuple[float, ...] = (0.001, 0.01, 0.1)) -> dict[str, Any]:
+    """Which of the base's largest weights δ keeps: for each pruned tensor and each q in `fractions`, the share
+    of its top-⌈q·n⌉ entries by |W₀| that the final mask keeps (magnitude pruning at keep ≥ q: about 1; a mask
+    independent of |W₀|: about its density). Returns {"tensors": {path: {"density", "top<q>"...}}, "mean": the
+    unweighted means over tensors}."""
+    base_flat = tree.flatten(base_params)
+    rows = {}
+    for p, m in final_masks(base_params, delta).items():
+        w = np.abs(np.asarray(base_flat[p], np.float32)).reshape(-1)
+        order = np.argsort(-w, kind="stable")
+        mk = np.asarray(m).reshape(-1)
+        row = {"density": float(mk.mean())}
+        for q in fractions:
+            row[f"top{q:g}"] = float(mk[order[: max(1, int(math.ceil(q * w.size)))]].mean())
+        rows[p] = row
+    keys = list(next(iter(rows.values()))) if rows else []
+    return {"tensors": rows, "mean": {k: float(np.mean([r[k] for r in rows.values()])) for k in keys}}
 
 
 def stats(base_params: Mapping[str, Any], delta: Mapping[str, Any]) -> dict[str, Any]:
