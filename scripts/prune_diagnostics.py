@@ -3,8 +3,9 @@
 For each run (a workdir, whose exported `delta/` is read, or a δ folder) and each pruned tensor, the share of
 its largest ⌈q·n⌉ weights by |W₀| (the base's, before fine-tuning) that the final mask keeps, for q = 0.1%, 1%
 and 10% (`ftlab.deltas.prune.largest_kept`). Magnitude pruning keeps nearly all of them; a mask independent of
-|W₀| keeps about its own density. BERT-family encoders depend on a few large-magnitude weights (Kovaleva et al.
-2021, "BERT Busters"), so this tells a collapsed run whose mask dropped them from one that kept them.
+|W₀| keeps about its own density. Large-magnitude parameters matter out of proportion in BERT-family models
+(Kovaleva et al. 2021, "BERT Busters", for LayerNorm outlier dimensions), so this separates a collapsed run
+whose mask dropped the largest weights from one that kept them.
 
     python scripts/prune_diagnostics.py runs/sst2_prune_movement10 runs/sst2_prune_magnitude10 \\
         --out docs/pruning/diagnostics.json
