@@ -1,9 +1,10 @@
 """scripts/bench.py's arithmetic and report, without running a benchmark: the MFU FLOP count against the
-formula worked by hand, and the GPU table's MFU lines."""
+formula worked by hand, and the GPU table's MFU lines; scripts/profile_step.py on one small step."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,3 +43,19 @@ def test_gpu_report_has_mfu_lines():
     md = bench.to_markdown(data)
     assert "on GPU (H100), bfloat16" in md and "peak GPU MB" in md
     assert f"| ftlab | 0.0500 | {fl['flops_per_step'] / 0.05 / 1e12:.1f} | {100 * rec['mfu']:.1f}% |" in md
+
+
+def test_profile_step_sums_a_traced_step(tmp_path):
+    """scripts/profile_step.py on MiniLM BitFit at batch 2 × 16: the trace's XLA operations include the step's
+    matmuls, the per-kind sums add up to the per-op ones, and the HLO text is written."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "p.json"
+    subprocess.run([sys.executable, os.path.join(REPO, "scripts", "profile_step.py"), "--method", "bitfit",
+                    "--batch", "2", "--seq", "16", "--warmup", "1", "--json", str(out), "--hlo",
+                    str(tmp_path / "step.hlo")], check=True, capture_output=True, text=True)
+    r = json.load(open(out))
+    assert any(k.startswith("dot") for k in r["ops"]) and r["total_ms"] > 0
+    assert abs(sum(r["kinds"].values()) - r["total_ms"]) < 1e-6 * max(1.0, r["total_ms"])
+    assert "dot(" in (tmp_path / "step.hlo").read_text()
