@@ -406,15 +406,11 @@ def largest_kept(base_params: Mapping[str, Any], delta: Mapping[str, Any],
 
 def stats(base_params: Mapping[str, Any], delta: Mapping[str, Any]) -> dict[str, Any]:
     """What the loop writes to results.json: the pruned entries' density of the final θ (apply without step)."""
-    prune = delta["prune"]
-    if "indices" in prune:  # kept = stored sparse entries + the nonzeros of tensors stored dense
-        idx, dense = tree.flatten(prune["indices"]), tree.flatten(prune.get("dense", {}))
-        kept = sum(int(np.size(x)) for x in idx.values()) + sum(int(np.count_nonzero(x)) for x in dense.values())
-        base_flat = tree.flatten(base_params)
-        n = sum(int(np.prod(np.shape(base_flat[p]))) for p in [*idx, *dense])
-        return {"pruned_params": n, "kept": kept, "density": kept / n}
-    m = jax.jit(masks)(delta)
-    kept = sum(int(jnp.sum(x)) for x in m.values())
-    n = sum(int(np.prod(x.shape)) for x in m.values())
-    return {"criterion": _mode(prune)[0], "budget": _mode(prune)[1], "pruned_params": n, "kept": kept,
-            "density": kept / n}
+    m = final_masks(base_params, delta)
+    kept = sum(int(x.sum()) for x in m.values())
+    n = sum(int(x.size) for x in m.values())
+    out = {"pruned_params": n, "kept": kept, "density": kept / n}
+    if "indices" in delta["prune"]:  # the stored form no longer names its criterion
+        return out
+    criterion, budget, _ = _mode(delta["prune"])
+    return {"criterion": criterion, "budget": budget, **out}
