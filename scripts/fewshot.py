@@ -13,7 +13,15 @@ K-shot train examples of `--kshot`, each filled with its label word, in an order
 separated by newlines, form a prefix before every evaluation example (GPT-3 style); demonstrations are dropped
 from the end until the prefix plus `--max-length` tokens fit `--max-context`. The prefix is run once into a KV
 cache. The evaluation set is the task's original one (`ftlab.tasks.kshot.TEST_SPLIT`, e.g. SST-2's 872-sentence
-dev set). Prints a JSON line with accuracy, counts and timings; `--out` also writes it.
+dev set). Prints a JSON line with accuracy, counts and timings; `--out` also writes it; `--scores-out F.npz`
+saves every example's label scores [N, C] and gold labels.
+
+--calibrate (zero_shot, in_context): contextual calibration (Zhao et al. 2021, `prompting.calibrate`). The
+content-free inputs ('N/A', '', '[MASK]' by default) fill every text field of the template and are scored
+exactly like the evaluation examples (same template, same demonstrations' prefix); the label probabilities are
+divided by their mean over them. The result gains `calibrated`: accuracy, predictions and p_cf.
+
+    python scripts/fewshot.py --mode in_context --task sst2 --kshot 16-42 --model smollm2 --calibrate
 """
 
 from __future__ import annotations
@@ -48,9 +56,15 @@ def main(argv=None) -> dict:
     p.add_argument("--max-length", type=int, default=128, help="tokens per evaluation example")
     p.add_argument("--max-context", type=int, default=2048, help="in_context: prefix + example tokens")
     p.add_argument("--order-seed", type=int, default=0)
+    p.add_argument("--calibrate", action="store_true",
+                   help="also report contextual calibration (Zhao et al. 2021): label probabilities divided by "
+                        "those of content-free inputs scored with the same prompt and demonstrations")
+    p.add_argument("--content-free", default="N/A||[MASK]",
+                   help="'|'-separated content-free texts for --calibrate (default: 'N/A||[MASK]', the paper's)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N examples only (0 = all)")
     p.add_argument("--out", default="")
+    p.add_argument("--scores-out", default="", help="write the label scores [N, C] and labels to this .npz")
     p.add_argument("--progress", type=int, default=10, help="print progress every N batches (0 = never)")
     a = p.parse_args(argv)
 
@@ -63,6 +77,7 @@ def main(argv=None) -> dict:
     from ftlab.prompts import encode_prompts
     from ftlab.prompts.encode import demonstrations
     from ftlab.prompts.seq2seq import encode_seq2seq
+    from ftlab.prompts.template import template_fields
     from ftlab.tasks import get_task, kshot, resolve_data_dir
     from ftlab.train import prompting
     from ftlab.train.generation_eval import generate_and_map
@@ -75,6 +90,8 @@ def main(argv=None) -> dict:
                                 "scorer": a.scorer, "score_suffix": not a.no_suffix}, task, family(base.config))
     if a.mode == "in_context" and prompt["scorer"] != "causal":
         raise SystemExit("in_context needs a causal LM (the cloze and seq2seq scorers have no shared prefix)")
+    if a.mode == "generate" and a.calibrate:
+        raise SystemExit("--calibrate needs label scores (zero_shot or in_context), not generated text")
     if a.mode == "generate" and prompt["scorer"] == "cloze":
         raise SystemExit("generate needs a causal LM or T5 (a masked LM does not generate)")
     model = build_model(base.config, prompt["head"])
@@ -99,14 +116,16 @@ def main(argv=None) -> dict:
                   "load_seconds": round(t_load, 1), "generate_seconds": round(time.time() - t, 1),
                   "device": jax.devices()[0].device_kind}
         return _emit(result, a.out)
-    if prompt["scorer"] == "seq2seq":
-        c = base.config
-        enc = encode_seq2seq(examples, tok, prompt["template"], prompt["verbalizer"], task.label_names,
-                             a.max_length, c.decoder_start_token_id, c.eos_token_id, prompt["score_suffix"],
-                             a.slot_text)
-    else:
-        enc = encode_prompts(examples, tok, prompt["template"], prompt["verbalizer"], task.label_names,
-                             a.max_length, prompt["scorer"], prompt["score_suffix"])
+    def encode(exs):
+        if prompt["scorer"] == "seq2seq":
+            c = base.config
+            return encode_seq2seq(exs, tok, prompt["template"], prompt["verbalizer"], task.label_names,
+                                  a.max_length, c.decoder_start_token_id, c.eos_token_id, prompt["score_suffix"],
+                                  a.slot_text)
+        return encode_prompts(exs, tok, prompt["template"], prompt["verbalizer"], task.label_names, a.max_length,
+                              prompt["scorer"], prompt["score_suffix"])
+
+    enc = encode(examples)
     t_load = time.time() - t0
 
     info: dict = {}
@@ -123,22 +142,41 @@ def main(argv=None) -> dict:
         info["prefill_seconds"] = round(time.time() - t, 2)
 
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    preds, t_score = [], time.time()
-    for b in batches(enc, a.batch_size, shuffle=False, seed=0, epoch=0, pad_id=pad, pad_to_multiple_of=16,
-                     drop_remainder=False, pad_final=True):
-        if cache is None:
-            z = prompting.score_batch(model, variables, b, task.num_labels)
-        else:
-            z = prompting.score_with_prefix(model, variables, cache, len(prefix) - 1, prefix[-1], b,
-                                            task.num_labels)
-        preds.extend(np.argmax(z, -1)[b["example_mask"] > 0].tolist())
-        if a.progress and len(preds) < len(enc) and len(preds) % (a.progress * a.batch_size) == 0:
-            right = sum(int(q == y) for q, y in zip(preds, enc.labels, strict=False))
-            print(f"[fewshot] {len(preds)}/{len(enc)} examples, accuracy so far {right / len(preds):.4f}, "
-                  f"{time.time() - t_score:.0f} s", file=sys.stderr, flush=True)
+
+    def score_all(e, progress: bool) -> np.ndarray:
+        """Label scores [N, C] of encoded prompts `e`, with the demonstrations' prefix when there is one."""
+        out, t = [], time.time()
+        for b in batches(e, a.batch_size, shuffle=False, seed=0, epoch=0, pad_id=pad, pad_to_multiple_of=16,
+                         drop_remainder=False, pad_final=True):
+            if cache is None:
+                z = prompting.score_batch(model, variables, b, task.num_labels)
+            else:
+                z = prompting.score_with_prefix(model, variables, cache, len(prefix) - 1, prefix[-1], b,
+                                                task.num_labels)
+            out.extend(z[b["example_mask"] > 0])
+            if progress and a.progress and len(out) < len(e) and len(out) % (a.progress * a.batch_size) == 0:
+                right = sum(int(np.argmax(q) == y) for q, y in zip(out, e.labels, strict=False))
+                print(f"[fewshot] {len(out)}/{len(e)} examples, accuracy so far {right / len(out):.4f}, "
+                      f"{time.time() - t:.0f} s", file=sys.stderr, flush=True)
+        return np.stack(out)
+
+    t_score = time.time()
+    scores = score_all(enc, progress=True)
     t_score = time.time() - t_score
     labels = enc.labels.tolist()
+    preds = np.argmax(scores, -1).tolist()
     acc = float(np.mean([p == y for p, y in zip(preds, labels, strict=True)]))
+    if a.scores_out:
+        np.savez(a.scores_out, scores=scores, labels=np.asarray(labels))
+    if a.calibrate:
+        texts = tuple(a.content_free.split("|"))
+        cf = score_all(encode(prompting.content_free_examples(template_fields(prompt["template"]), texts)), False)
+        cal, p_cf = prompting.calibrate(scores, cf)
+        cpred = np.argmax(cal, -1).tolist()
+        info["calibrated"] = {
+            "content_free": list(texts), "p_cf": [round(float(x), 6) for x in p_cf],
+            "accuracy": float(np.mean([p == y for p, y in zip(cpred, labels, strict=True)])),
+            "predicted": {task.label_names[c]: cpred.count(c) for c in range(task.num_labels)}}
     result = {"mode": a.mode, "task": task.name, "model": a.model, "kshot": a.kshot if a.mode == "in_context"
               else None, "template": prompt["template"], "verbalizer": prompt["verbalizer"],
               "scorer": prompt["scorer"], "score_suffix": prompt["score_suffix"], "order_seed": a.order_seed,

@@ -223,6 +223,49 @@ def test_fewshot_script_zero_shot_and_in_context(tiny_llama, shared_data, tmp_pa
     assert icl["demonstrations"] == 8 and icl["prefix_tokens"] <= 256 - 48
     assert json.loads((tmp_path / "r.json").read_text())["accuracy"] == icl["accuracy"]
 
+    # Calibration: the content-free inputs go through the same path as the examples (same template, same
+    # demonstrations' prefix). With the first example's own sentence as the only "content-free" text, p_cf must be
+    # that example's label distribution, and calibrating it leaves it uniform.
+    from ftlab.tasks import get_task, kshot
+
+    first = kshot.read(get_task("sst2"), "test", shared_data, "4-13")[0]["text_a"]
+    for mode, extra in (("zero_shot", []), ("in_context", ["--kshot", "4-13", "--max-context", "256"])):
+        out = fewshot.main(["--mode", mode, *extra, *common[:-6], "--limit", "1", "--batch-size", "4",
+                            "--max-length", "48", "--calibrate", "--content-free", first,
+                            "--scores-out", str(tmp_path / "s.npz")])
+        z = np.load(tmp_path / "s.npz")["scores"]
+        p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        np.testing.assert_allclose(out["calibrated"]["p_cf"], p[0], atol=2e-6)
+    cal = fewshot.main(["--mode", "zero_shot", *common, "--calibrate", "--scores-out", str(tmp_path / "s.npz")])
+    z = np.load(tmp_path / "s.npz")["scores"]
+    assert z.shape == (6, 2) and np.argmax(z, -1).tolist().count(1) == cal["predicted"]["1"]
+    assert cal["calibrated"]["content_free"] == ["N/A", "", "[MASK]"]
+    assert abs(sum(cal["calibrated"]["p_cf"]) - 1) < 1e-5 and sum(cal["calibrated"]["predicted"].values()) == 6
+    with pytest.raises(SystemExit, match="calibrate"):
+        fewshot.main(["--mode", "generate", *common, "--calibrate"])
+
+
+def test_contextual_calibration_is_the_papers_rule():
+    """Zhao et al. 2021: q = softmax(W p + b), W = diag(p_cf)^-1, b = 0, p_cf the mean label distribution of the
+    content-free inputs; its argmax is what `calibrate` predicts, and W p is what it returns (renormalised)."""
+    rng = np.random.default_rng(0)
+    z, cf = rng.normal(size=(50, 3)) * 3, rng.normal(size=(3, 3)) * 3
+    soft = lambda x: np.exp(x - x.max(-1, keepdims=True)) / np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)  # noqa: E731
+    p, p_cf = soft(z), soft(cf).mean(0)
+    q = soft(p @ np.diag(1 / p_cf))
+    out, got_cf = prompting.calibrate(z, cf)
+    np.testing.assert_allclose(got_cf, p_cf, rtol=1e-12)
+    np.testing.assert_array_equal(np.argmax(out, -1), np.argmax(q, -1))
+    wp = p / p_cf
+    np.testing.assert_allclose(np.exp(out), wp / wp.sum(-1, keepdims=True), rtol=1e-10)
+    # A content-free distribution that is already uniform changes nothing; scores of the content-free input itself
+    # become uniform.
+    np.testing.assert_allclose(prompting.calibrate(z, np.zeros((1, 3)))[0], np.log(p), atol=1e-12)
+    np.testing.assert_allclose(np.exp(prompting.calibrate(cf[:1], cf[:1])[0]), 1 / 3, rtol=1e-10)
+    assert [e["text_a"] for e in prompting.content_free_examples(("text_a",))] == ["N/A", "", "[MASK]"]
+    with pytest.raises(ValueError, match="content-free"):
+        prompting.calibrate(z, np.zeros((0, 3)))
+
 
 def test_variant_scores_are_the_mean_of_the_versions():
     import jax.numpy as jnp

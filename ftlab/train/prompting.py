@@ -122,6 +122,42 @@ def score_with_prefix(model: Any, variables: dict, cache: dict, prefix_len: int,
     return np.asarray(_scores_cached(model, variables, cache, prefix_len, feed, num_labels))
 
 
+# ------------------------------------------------------------------------------------------------ calibration
+
+CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. 2021's content-free inputs
+
+
+def content_free_examples(fields: tuple[str, ...], texts: tuple[str, ...] = CONTENT_FREE) -> list[dict[str, Any]]:
+    """One example per content-free string, with every text field the template reads (`fields`, e.g.
+    ('text_a', 'text_b') from `ftlab.prompts.template.template_fields`) set to it (Zhao et al. 2021, §5)."""
+    if not texts:
+        raise ValueError("calibration needs at least one content-free text")
+    return [{**{f: t for f in fields}, "label": 0, "source": f"content-free:{t!r}"} for t in texts]
+
+
+def calibrate(scores: np.ndarray, content_free_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Contextual calibration (Zhao et al. 2021, "Calibrate Before Use"): p̂ = softmax over the label scores,
+    p̂_cf = the mean of p̂ over the content-free inputs (scored with the same prompt and demonstrations), and
+    W = diag(p̂_cf)⁻¹, b = 0. Returns (log of W·p̂ renormalised to sum 1 per row, [N, C]; p̂_cf, [C]).
+
+    Predictions are its argmax, which equals the paper's argmax softmax(W·p̂ + b) (the paper's extra softmax
+    changes the probabilities, not their order). A prompt whose content-free input already scores the labels
+    uniformly is left unchanged."""
+    s = np.asarray(scores, np.float64)
+    cf = np.asarray(content_free_scores, np.float64)
+    if s.ndim != 2 or cf.ndim != 2 or cf.shape[1] != s.shape[1] or not len(cf):
+        raise ValueError(f"calibrate: scores [N, C] and content-free scores [K>0, C] expected, got {s.shape} "
+                         f"and {cf.shape}")
+
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    p_cf = np.exp(log_softmax(cf)).mean(0)
+    out = log_softmax(log_softmax(s) - np.log(p_cf))
+    return out, p_cf
+
+
 # ------------------------------------------------------------------------------------------------ config
 
 DEFAULTS = {
