@@ -2,9 +2,12 @@
 
     python scripts/report.py [--results docs/results] [--out docs/results.md]
 
-One table row per run: task, method, dev metrics at the best eval (the early-stopping score is bold), the
-final eval, trainable parameters, δ bytes on disk, training speed, peak memory; plus a bar plot of the dev
-score per task and method (`docs/results.png`).
+A summary first: the best dev score of every method on every task and its share of full fine-tuning's (the
+acceptance measure of the delta issues). The reference of a run named `<task>_<method><suffix>` is the full
+fine-tuning run with the same suffix (same budget, e.g. `sst2_full_quick` for `sst2_lora_quick`), else the plain
+`<task>_full`. Then one table row per run: task, method, dev metrics at the best eval (the early-stopping score
+is bold), the final eval, trainable parameters, δ bytes on disk, training speed, peak memory; plus a bar plot of
+the dev score per task and method (`docs/results.png`).
 """
 
 from __future__ import annotations
@@ -50,18 +53,63 @@ def load(results_dir: str) -> list[dict]:
     return rows
 
 
+def suffix(r: dict) -> str:
+    """What follows the method in the run's name ('_quick' of sst2_lora_quick; '' for mrpc_lora)."""
+    name, method = r["_name"], r["method"]
+    return name.split(f"_{method}", 1)[1] if f"_{method}" in name else ""
+
+
+def best(r: dict) -> float | None:
+    m = r.get("best_metrics") or {}
+    return m.get(r.get("main_metric", ""))
+
+
+def full_reference(rows: list[dict], r: dict) -> dict | None:
+    """The full fine-tuning run `r` is measured against: same task and name suffix, else the plain one."""
+    fulls = {suffix(f): f for f in rows if f["task"] == r["task"] and f["method"] == "full" and best(f) is not None}
+    return fulls.get(suffix(r), fulls.get(""))
+
+
+def share_of_full(rows: list[dict], r: dict) -> str:
+    ref, b = full_reference(rows, r), best(r)
+    if ref is None or b is None or best(ref) in (None, 0) or ref is r:
+        return ""
+    return f"{100 * b / best(ref):.1f}% of {ref['_name']}"
+
+
+def summary(rows: list[dict]) -> str:
+    """Methods × tasks: best dev main metric (share of full fine-tuning's)."""
+    tasks = sorted({r["task"] for r in rows})
+    keys = sorted({(r["method"], suffix(r)) for r in rows}, key=lambda k: (k[0] != "full", k))
+    out = ["| method (run suffix) | " + " | ".join(
+               f"{t} ({next(r['main_metric'] for r in rows if r['task'] == t)})" for t in tasks) + " |",
+           "|---|" + "---|" * len(tasks)]
+    for method, suf in keys:
+        cells = []
+        for t in tasks:
+            r = next((r for r in rows if r["task"] == t and r["method"] == method and suffix(r) == suf), None)
+            if r is None or best(r) is None:
+                cells.append("")
+                continue
+            ref = full_reference(rows, r)
+            share = "" if ref is None or ref is r or not best(ref) else f" ({100 * best(r) / best(ref):.0f}%)"
+            cells.append(f"{best(r):.3f}{share}")
+        out.append(f"| {method}{suf} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def table(rows: list[dict]) -> str:
     out = [
-        "| run | task | method | dev (best eval) | dev (final) | best step / steps | trainable params | δ bytes | "
-        "train steps/s | peak RSS MB | HF+PyTorch reference |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | task | method | dev (best eval) | vs full FT | dev (final) | best step / steps | trainable params | "
+        "δ bytes | train steps/s | peak RSS MB | HF+PyTorch reference |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         main = r.get("main_metric", "")
         ref = HF_BASELINES.get((r["task"], r["method"]), "")
         out.append(
             f"| {r['_name']} | {r['task']} | {r['method']} | {_fmt_metrics(r.get('best_metrics'), main)} | "
-            f"{_fmt_metrics(r.get('metrics'), main)} | {r.get('best_step')} / {r['train_steps']} | "
+            f"{share_of_full(rows, r)} | {_fmt_metrics(r.get('metrics'), main)} | {r.get('best_step')} / {r['train_steps']} | "
             f"{r['trainable_params']:,} ({100 * r['trainable_params'] / r['total_params']:.3g}%) | "
             f"{r['delta_bytes']:,} | {r['steps_per_second'] or 0:.2f} | {r['peak_rss_mb']:.0f} | {ref} |"
         )
@@ -123,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         " log windows (mrpc_full and stsb_full, run first, report the mean over steps including compilations).\n\n"
     )
     with open(args.out, "w") as f:
-        f.write(intro + table(rows) + f"\n\n![dev scores]({os.path.basename(png)})\n")
+        f.write(intro + "## Best dev score by method and task (share of full fine-tuning's)\n\n" + summary(rows)
+                + "\n\n## Every run\n\n" + table(rows) + f"\n\n![dev scores]({os.path.basename(png)})\n")
     print(f"wrote {args.out} and {png} ({len(rows)} runs)")
     return 0
 
