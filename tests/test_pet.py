@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -22,25 +21,6 @@ EXAMPLES = [{"text_a": "a gorgeous, witty movie", "text_b": None, "source": "x.t
             {"text_a": "boilerplate clichés", "text_b": None, "source": "x.tsv:7"},
             {"text_a": "a charming journey", "text_b": None, "source": "x.tsv:9"}]
 SOFT = np.array([[0.25, 0.75], [0.9, 0.1], [0.5, 0.5]], np.float32)
-
-
-@pytest.fixture(scope="module")
-def tiny_bert_nodrop(tmp_path_factory, hf_offline) -> str:
-    """A 2-layer, width-32 random BertModel without dropout (training steps are then deterministic), with
-    MiniLM's WordPiece tokenizer, saved like a HF checkpoint."""
-    import torch
-    import transformers
-
-    d = tmp_path_factory.mktemp("tiny_bert_nodrop")
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
-                                  attention_probs_dropout_prob=0.0)
-    transformers.BertModel(cfg).save_pretrained(d)
-    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if os.path.exists(os.path.join(minilm_dir(), f)):
-            shutil.copy(os.path.join(minilm_dir(), f), d / f)
-    return str(d)
 
 
 # ---- pseudo-label files -------------------------------------------------------------------------------------
