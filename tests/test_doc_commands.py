@@ -3,7 +3,8 @@
 Each command is taken from the page as written and then shortened, never replaced: a config gets its
 `:runlocal` variant (a few steps on a small subset), the model becomes the tiny random BERT, and workdirs and
 output files move to a temporary directory (and `--config.delta.k`, layers removed, becomes 1: the tiny model
-has 2; a sweep's `--seeds N` becomes 2). Commands of one block run in order (train, then info / eval /
+has 2; a sweep's `--seeds N` becomes 2; a K-shot grid keeps its first task, K and seed and scores 16 test
+examples). Commands of one block run in order (train, then info / eval /
 export / plot on that workdir). Two are run differently: `bash scripts/test.sh` is this suite itself (not run
 from inside itself), and `bash scripts/quickstart.sh` runs as is with extra overrides capping it at 4 steps
 (it passes them on to `train.py`). A command this test does not know how to shorten fails the test, so a new
@@ -94,10 +95,15 @@ def shorten(cmd: str, tmp: str, tiny: str) -> list[str]:
             continue
         if a.startswith("--config.delta.k="):  # layers removed: the tiny model has only 2
             a = "--config.delta.k=1"
-        elif i and argv[i - 1] == "--seeds":  # a seed sweep: two seeds show the program works
+        elif i and argv[i - 1] == "--seeds" and "kshot_grid.py" not in cmd:  # a seed sweep: two seeds show it works
             a = "2"
         elif i and argv[i - 1] == "--limit":  # few-shot evaluation of the real model: a handful of examples
             a = "8"
+        elif i and argv[i - 1] in ("--tasks", "--k", "--seeds") and "kshot_grid.py" in cmd:  # one cell per grid
+            a = a.split(",")[0]
+        elif i and argv[i - 1] in ("--grid", "--extra") and re.match(r"^[^=]+=runs/", a):  # NAME=a previous run
+            name, value = a.split("=", 1)
+            a = f"{name}={os.path.join(tmp, value)}"
         elif re.match(r"^--config\.[\w.]+=runs/", a):  # an override naming a file a previous command wrote
             key, value = a.split("=", 1)
             a = f"{key}={os.path.join(tmp, value)}"
@@ -114,7 +120,9 @@ def shorten(cmd: str, tmp: str, tiny: str) -> list[str]:
     for script, page in GENERATED.items():
         if any(x.endswith(script) for x in out) and "--out" not in out:
             out += ["--out", os.path.join(tmp, os.path.basename(page))]
-    if "train" in out or "sweep" in out or "multitask" in out or any(x.endswith(("scripts/train.py", "scripts/bench_sweep.py")) for x in out):
+    if any(x.endswith("scripts/kshot_grid.py") for x in out) and "run" in out:  # the tiny BERT, 16 test examples
+        out += [f"--config.model.name={tiny}", "--config.task.max_length=32", "--test-subset", "16"]
+    elif "train" in out or "sweep" in out or "multitask" in out or any(x.endswith(("scripts/train.py", "scripts/bench_sweep.py")) for x in out):
         out += [f"--config.model.name={tiny}", "--config.task.max_length=32", "--config.train.progress=false"]
     elif any(x.endswith("scripts/pet.py") for x in out):  # PET's pattern models on the tiny BERT: cloze scoring
         out += [f"--config.model.name={tiny}", "--config.prompt.scorer=cloze", "--config.task.max_length=32",

@@ -115,7 +115,7 @@ def run_grid(cfg: config_lib.Config, tasks: Sequence[str], ks: Sequence[int], se
                 c = cell_config(cfg, task, k, seed)
                 run_dir = os.path.join(workdir, task, f"{k}-{seed}")
                 t = time.time()
-                res = pet.train_run(c, run_dir, f"{task} K={k} seed {seed} ({n}/{total})")
+                res = pet.train_run(c, run_dir, f"{task} K={k} seed {seed} ({n}/{total})", _log)
                 test = test_metrics(c, run_dir, test_subset)
                 _log(f"{task} K={k} seed {seed}: K-shot dev {main} {res['best_metrics'][main]:.4f}, "
                      f"test {main} {test[main]:.4f} ({time.time() - t:.0f} s)")

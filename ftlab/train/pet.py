@@ -391,9 +391,11 @@ def run_fingerprint(cfg: config_lib.Config) -> str:
     return config_lib.fingerprint(cfg, ignore=RESUME_IGNORED_KEYS)
 
 
-def train_run(cfg: config_lib.Config, workdir: str, label: str) -> dict[str, Any]:
+def train_run(cfg: config_lib.Config, workdir: str, label: str, log=None) -> dict[str, Any]:
     """An ordinary run in `workdir`: skipped when it has finished (results.json) with the same config, else
-    trained (or resumed from its checkpoint) by `loop.train_and_evaluate`. Returns its results."""
+    trained (or resumed from its checkpoint) by `loop.train_and_evaluate`. Returns its results. `log`: the
+    progress printer (default: "[pet] ..." on stderr)."""
+    say = log or _log
     from ftlab.train import loop
 
     res_path = os.path.join(workdir, "results.json")
@@ -403,10 +405,10 @@ def train_run(cfg: config_lib.Config, workdir: str, label: str) -> dict[str, Any
         if config_lib.fingerprint(old, ignore=loop.RESUME_IGNORED_KEYS) != run_fingerprint(cfg):
             raise StepError(f"{workdir} holds a finished run of a different config "
                             f"(differences: {loop._config_diff(old, cfg.to_dict())}); use a new --workdir")
-        _log(f"{label}: done, skipped ({res_path})")
+        say(f"{label}: done, skipped ({res_path})")
         with open(res_path) as f:
             return json.load(f)
-    _log(f"{label}: training -> {workdir}")
+    say(f"{label}: training -> {workdir}")
     return loop.train_and_evaluate(cfg, workdir)
 
 
