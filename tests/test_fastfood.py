@@ -10,9 +10,11 @@ from ftlab.deltas import diffprune, fastfood
 
 
 @pytest.mark.parametrize(
-    "L,radix", [(1, 2), (2, 2), (8, 2), (64, 2), (64, 4), (64, 32), (512, 8), (1024, 32)]
+    "L,radix", [(1, 2), (2, 2), (8, 2), (64, 2), (64, 4), (64, 32), (512, 8), (1024, 32), (4096, 32), (16384, 32)]
 )
 def test_fwht_equals_dense_hadamard(L, radix):
+    rs = fastfood.radices(L, radix)
+    assert int(np.prod(rs)) == L and all(r <= radix for r in rs) and (max(rs) // min(rs) <= 2 if rs else L == 1)
     x = np.random.default_rng(L).normal(size=(3, L)).astype(np.float32)
     H = fastfood.hadamard(L)
     assert np.array_equal(H @ H, L * np.eye(L, dtype=np.float32))
@@ -27,13 +29,13 @@ def _dense_projection(ff: dict, path: str, base_params: dict) -> np.ndarray:
     """P_i [D_i, d'] built from explicit matrices: c_i · vstack_k(H·diag(g_k)·Π_k·H·diag(b_k))[:D_i, :d']."""
     S, L = ff["gauss"].shape
     H = fastfood.hadamard(L).astype(np.float64)
-    perm = np.asarray(ff["perm"]).reshape(S, L)
+    perm = np.asarray(ff["perm"], np.int64)
     norm = tree.flatten(ff["norm"])
     ((_, off, D),) = [o for o in fastfood.offsets(base_params, list(norm), L) if o[0] == path]
     blocks = []
     for k in range(off // L, off // L + -(-D // L)):
         Pi = np.zeros((L, L))
-        Pi[np.arange(L), perm[k] - k * L] = 1.0  # (Π y)[m] = y[perm[m]]
+        Pi[np.arange(L), perm[k]] = 1.0  # (Π y)[m] = y[perm[m]]
         V = (
             H
             @ np.diag(np.asarray(ff["gauss"][k], np.float64))
@@ -98,9 +100,36 @@ def test_same_seed_same_projection_other_seed_other():
     a = fastfood.init(jax.random.key(0), BASE, {"d": 40, "seed": 1})["fastfood"]
     b = fastfood.init(jax.random.key(9), BASE, {"d": 40, "seed": 1})["fastfood"]
     c = fastfood.init(jax.random.key(0), BASE, {"d": 40, "seed": 2})["fastfood"]
-    assert all(np.array_equal(a[k], b[k]) for k in ("sign", "perm", "gauss"))
+    assert all(np.array_equal(a[k], b[k]) for k in ("sign", "perm", "perm_inv", "gauss"))
     assert not np.array_equal(a["gauss"], c["gauss"])
-    assert sorted(np.asarray(a["perm"][:64]).tolist()) == list(range(64))  # block 0 holds a permutation
+    perm, inv = np.asarray(a["perm"], np.int64), np.asarray(a["perm_inv"], np.int64)
+    assert a["perm"].dtype == np.int16 and perm.shape == a["gauss"].shape
+    assert all(sorted(row.tolist()) == list(range(perm.shape[1])) for row in perm)  # each block: a permutation
+    assert (np.take_along_axis(perm, inv, 1) == np.arange(perm.shape[1])).all()  # perm_inv is its inverse
+
+
+@pytest.mark.parametrize("said", [False, True])
+def test_projection_gradient_is_the_dense_transpose(said):
+    """d/dθ_d of Σ w ⊙ (θ - θ₀) is Σ_i λ_i P_iᵀ w_i: the backward pass (the permutation's custom VJP included)
+    against the explicitly built P."""
+    delta = fastfood.init(jax.random.key(0), BASE, {"d": 40, "seed": 3, "said": said})
+    ff = delta["fastfood"]
+    rng = np.random.default_rng(1)
+    ff["theta_d"] = jnp.asarray(rng.normal(size=ff["theta_d"].shape).astype(np.float32))
+    if said:
+        ff["lambda"] = jnp.asarray([0.5, -2.0, 3.0], jnp.float32)
+    paths = sorted(tree.flatten(ff["norm"]))
+    w = {p: rng.normal(size=np.shape(tree.flatten(BASE)[p])).astype(np.float32) for p in paths}
+
+    def f(theta_d):
+        out = fastfood.projected(BASE, {**delta, "fastfood": {**ff, "theta_d": theta_d}})
+        return sum(jnp.sum(out[p] * w[p]) for p in paths)
+
+    got = np.asarray(jax.jit(jax.grad(f))(ff["theta_d"]))
+    lam = np.asarray(ff["lambda"]) if said else np.ones(len(paths))
+    want = sum(lam[i] * _dense_projection(ff, p, BASE).T @ w[p].reshape(-1).astype(np.float64)
+               for i, p in enumerate(paths))
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 @pytest.mark.parametrize("log_alpha", [-3.0, -1.0, 0.0, 1.5, 4.0])
