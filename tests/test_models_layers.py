@@ -201,3 +201,50 @@ def test_remat_policies_same_gradients_and_bad_name_is_refused():
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="model.remat must be one of"):
         grads("sometimes")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_gemv_sums_and_custom_vjps_equal_plain_autodiff(dtype):
+    """LayerNorm and RMSNorm take their statistics and parameter gradients as GEMVs through custom VJPs; values
+    and every gradient (Dense's alongside) equal the plain formulas differentiated by JAX (float32 reference)."""
+    from ftlab.models import layers
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 5, 8)) * 2 + 0.5
+    w = rng.normal(size=(8, 6)) * 0.3
+    b, sc, sh = rng.normal(size=6), 1 + 0.1 * rng.normal(size=8), rng.normal(size=8)
+    cot = rng.normal(size=(3, 5, 6))
+    tol = {"rtol": 2e-5, "atol": 2e-5} if dtype == jnp.float32 else {"rtol": 3e-2, "atol": 3e-2}
+
+    def dense_ref(x, w, b):
+        return x @ w + b
+
+    def ln_ref(x, sc, sh, eps=1e-12):
+        mu = x.mean(-1, keepdims=True)
+        return (x - mu) / jnp.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps) * sc + sh
+
+    def rms_ref(x, sc, eps=1e-6):
+        return sc * x / jnp.sqrt((x**2).mean(-1, keepdims=True) + eps)
+
+    dense = layers.Dense(6, dtype=dtype)
+    ln, rms = layers.LayerNorm(dtype=dtype), layers.RMSNorm(dtype=dtype)
+    cases = [
+        (lambda x, w, b: dense.apply({"params": {"kernel": w, "bias": b}}, x), dense_ref, (x, w, b), cot),
+        (lambda x, s, h: ln.apply({"params": {"scale": s, "bias": h}}, x), ln_ref, (x, sc, sh), cot[..., :1] * x),
+        (lambda x, s: rms.apply({"params": {"scale": s}}, x), rms_ref, (x, sc), cot[..., :1] * x),
+    ]
+    with jax.default_matmul_precision("highest"):
+        for f, ref, args, g in cases:
+            ours = [jnp.asarray(a, jnp.float32) for a in args]
+            ours[0] = ours[0].astype(dtype)
+            y, vjp = jax.vjp(f, *ours)
+            grads = vjp(jnp.asarray(g, dtype))
+            y_ref, vjp_ref = jax.vjp(ref, *[jnp.asarray(a, jnp.float32) for a in args])
+            want = vjp_ref(jnp.asarray(g, jnp.float32))
+            np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_ref), **tol)
+            for got, exp in zip(grads, want, strict=True):  # bfloat16: errors relative to the largest entry
+                scale = 1.0 if dtype == jnp.float32 else float(np.abs(exp).max())
+                np.testing.assert_allclose(np.asarray(got, np.float32) / scale, np.asarray(exp) / scale, **tol)
+    # The helpers themselves: Σ over leading axes, mean over the last.
+    np.testing.assert_allclose(layers.sum_rows(jnp.asarray(cot, jnp.float32)), cot.sum((0, 1)), rtol=1e-5)
+    np.testing.assert_allclose(layers.mean_last(jnp.asarray(x, jnp.float32))[..., 0], x.mean(-1), rtol=1e-5)
