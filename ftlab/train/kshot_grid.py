@@ -20,7 +20,6 @@ per task at one K, and `plot_k_curve` the mean ± std against K per task.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -53,20 +52,12 @@ def cell_config(cfg: config_lib.Config, task: str, k: int, seed: int) -> config_
     return c
 
 
-def _md5(path: str) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def test_metrics(cfg: config_lib.Config, run_dir: str, subset: int = 0) -> dict[str, float]:
     """Metrics of the run's exported δ on the task's original evaluation set (`subset` > 0: that many examples,
     drawn as task.eval_subset draws; for quick checks), cached with the δ's md5."""
     from ftlab.train import pet
 
-    delta_md5 = _md5(os.path.join(run_dir, "delta", "delta.safetensors"))
+    delta_md5 = pet.file_md5(os.path.join(run_dir, "delta", "delta.safetensors"))
     path = os.path.join(run_dir, "test.json")
     if os.path.isfile(path):
         with open(path) as f:
