@@ -16,5 +16,7 @@ def get_config(variant=None):
     c.delta.method = "lastlayer"
     c.train.epochs = 5
     c.train.batch_size = 32
+    c.train.bucket = True  # as cola_full: short sentences, length bucketing cuts padding waste
+    c.train.pad_to_multiple_of = 16
     c.optim.lr = 1e-4
     return apply_variant(c, variant, {})

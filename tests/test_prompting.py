@@ -91,7 +91,12 @@ def test_cloze_scores_match_hf_bert_mlm(bert_mlm):
     tok = base.tokenizer
     verbalizer = {"0": "unwatchable", "1": "great"}  # multi-token and single-token words
     enc = encode_prompts(EXAMPLES, tok, TEMPLATE, verbalizer, ("0", "1"), 64, "cloze")
-    got = prompting.score_batch(model, variables, _one_batch(enc), 2)[: len(EXAMPLES)]
+    batch = _one_batch(enc)
+    got = prompting.score_batch(model, variables, batch, 2)[: len(EXAMPLES)]
+    # The LM head ran at each row's read positions only (the mask slots); at every position it scores the same.
+    assert 1 < batch["positions"].shape[1] < batch["input_ids"].shape[1]
+    everywhere = prompting.score_batch(model, variables, {k: v for k, v in batch.items() if k != "positions"}, 2)
+    np.testing.assert_allclose(everywhere[: len(EXAMPLES)], got, atol=1e-5)
     # Reference, independent of the encoder's target arrays: one text per label with n [MASK]s for its word.
     want = np.zeros_like(got)
     for i, e in enumerate(EXAMPLES):
@@ -134,6 +139,7 @@ def test_causal_scores_match_hf_llama_right_and_left_padded(tiny_llama, smol_tok
         left["attention_mask"][r] = np.roll(mask[r], n_pad[r])
     left["position_ids"] = np.maximum(np.cumsum(left["attention_mask"], 1) - 1, 0).astype(np.int32)
     left["choice_pos"] = batch["choice_pos"] + n_pad[batch["choice_row"]][..., None]
+    left["positions"] = batch["positions"] + n_pad[:, None]
     got_left = prompting.score_batch(model, variables, left, 2)[: len(EXAMPLES)]
     np.testing.assert_allclose(got_left, got, atol=1e-4)
 
@@ -157,6 +163,7 @@ def test_cached_prefix_equals_full_sequence(tiny_llama, smol_tok):
     full["input_ids"] = ids
     full["attention_mask"] = np.concatenate([np.ones((ids.shape[0], p), np.int32), batch["attention_mask"]], 1)
     full["choice_pos"] = batch["choice_pos"] + p
+    full["positions"] = batch["positions"] + p
     want = prompting.score_batch(model, variables, full, 2)
     keep = batch["example_mask"] > 0
     np.testing.assert_allclose(got[keep], want[keep], atol=1e-4)
@@ -278,7 +285,9 @@ def test_variant_scores_are_the_mean_of_the_versions():
     merged = encode_prompts(exs, tok, t, "0=unwatchable|1=great", ("0", "1"), 48, "cloze", variants=2)
     rng = np.random.default_rng(0)
     emb, proj = rng.normal(size=(len(tok), 4)), rng.normal(size=(4, len(tok)))
-    fake = lambda b: jnp.asarray(emb[b["input_ids"]] @ proj, jnp.float32)  # noqa: E731  logits of a "model"
+    # logits of a "model" at the batch's read positions, as the LM head returns them given positions=
+    fake = lambda b: jnp.asarray(emb[np.take_along_axis(b["input_ids"], b["positions"], 1)] @ proj,  # noqa: E731
+                                 jnp.float32)
     bs, bm = _one_batch(sep, 4), _one_batch(merged, 2)
     zs = np.asarray(prompting.label_scores(fake(bs), bs, 2))
     zm = np.asarray(prompting.label_scores(fake(bm), bm, 2))

@@ -23,12 +23,19 @@ until the longest row fits `max_length`.
     choice_pos, choice_tok     [B, Q, M] int32    position whose logits are read, token to score there
     choice_w                   [B, Q, M] float32  weight of each target (0 = padding; 1/L for cloze means)
     choice_label               [B, Q] int32       label index of each choice
+    positions                  [B*R, P] int32     the distinct positions each row's choices read (padded with
+                                                  the row's first); the model runs its LM head there only
     labels [B] int32, example_mask [B] float32, index [B] int32   as for ordinary batches
+
+`positions` makes the vocabulary projection cost P positions per row instead of T (cloze with one-token label
+words: P = 1): `ftlab.train.step.model_inputs` passes it to the model, whose per-token head then returns
+logits [B*R, P, V], and `ftlab.train.prompting.choice_scores` reads choice_pos's slot among them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -55,6 +62,22 @@ class PromptEncoded:
     max_length: int
     scorer: str
     kind: str = "classification"
+
+    @functools.cached_property
+    def row_positions(self) -> np.ndarray:
+        """[N, R, P] the distinct positions read by each row's choices (targets of weight 0 excluded), sorted,
+        padded with the row's first one (0 for a row nobody reads); P is the largest count in the set."""
+        n, r = len(self), self.num_rows
+        sets = [[sorted({int(p) for q in range(self.choice_pos.shape[1]) if self.choice_row[i, q] == k
+                         for p, w in zip(self.choice_pos[i, q], self.choice_w[i, q], strict=True) if w != 0})
+                 for k in range(r)] for i in range(n)]
+        width = max(1, max((len(x) for rows in sets for x in rows), default=1))
+        out = np.zeros((n, r, width), np.int32)
+        for i, rows in enumerate(sets):
+            for k, x in enumerate(rows):
+                if x:
+                    out[i, k] = x + [x[0]] * (width - len(x))
+        return out
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -92,8 +115,10 @@ class PromptEncoded:
             out["choice_tok"][j] = self.choice_tok[i]
             out["choice_w"][j] = self.choice_w[i]
             out["labels"][j] = self.labels[i]
-        out.update(input_ids=ids, attention_mask=mask, example_mask=real.astype(np.float32),
-                   index=idx.astype(np.int32))
+        positions = np.zeros((b, r, self.row_positions.shape[2]), np.int32)
+        positions[real] = self.row_positions[idx[real]]
+        out.update(input_ids=ids, attention_mask=mask, positions=positions.reshape(b * r, -1),
+                   example_mask=real.astype(np.float32), index=idx.astype(np.int32))
         return out
 
 

@@ -36,8 +36,17 @@ FAMILY_SCORER = {"bert": "cloze", "llama": "causal", "gpt2": "causal", "t5": "se
 
 
 def choice_scores(logits: Array, batch: dict) -> Array:
-    """logits [B*R, T, V] -> choice scores [B, Q] (float32)."""
-    picked = logits[batch["choice_row"][..., None], batch["choice_pos"]]  # [B, Q, M, V]
+    """logits [B*R, T, V] -> choice scores [B, Q] (float32). With batch['positions'] [B*R, P] (the batch
+    `ftlab.prompts.encode` collates) the logits are the LM head's at those positions only, [B*R, P, V], and each
+    choice_pos is looked up among its row's positions."""
+    pos = batch["choice_pos"]
+    if "positions" in batch:
+        if logits.shape[1] != batch["positions"].shape[1]:
+            raise ValueError(f"logits {logits.shape} are not at the batch's {batch['positions'].shape[1]} "
+                             "positions: pass positions= to the model (ftlab.train.step.model_inputs)")
+        at = jnp.asarray(batch["positions"])[batch["choice_row"]]  # [B, Q, P]
+        pos = jnp.argmax(at[:, :, None, :] == pos[..., None], axis=-1)  # [B, Q, M] slot of each read position
+    picked = logits[batch["choice_row"][..., None], pos]  # [B, Q, M, V]
     logp = jax.nn.log_softmax(picked.astype(jnp.float32), axis=-1)
     tok = jnp.take_along_axis(logp, batch["choice_tok"][..., None], axis=-1)[..., 0]  # [B, Q, M]
     return jnp.sum(tok * batch["choice_w"], axis=-1)
@@ -65,7 +74,7 @@ def model_inputs(batch: dict) -> dict:
     """Model keyword inputs of a prompt batch (position ids when the rows are left-padded; the decoder rows
     of a seq2seq batch)."""
     kw = {"attention_mask": batch["attention_mask"]}
-    for k in ("position_ids", "decoder_input_ids", "decoder_attention_mask", "encoder_rows"):
+    for k in ("position_ids", "positions", "decoder_input_ids", "decoder_attention_mask", "encoder_rows"):
         if k in batch:
             kw[k] = batch[k]
     return kw
@@ -79,8 +88,8 @@ def _scores(model, variables, batch, num_labels):
 
 def score_batch(model: Any, variables: dict, batch: dict, num_labels: int) -> np.ndarray:
     """Label scores [B, C] of one prompt batch (jitted per shape)."""
-    keys = ("input_ids", "attention_mask", "position_ids", "choice_row", "choice_pos", "choice_tok", "choice_w",
-            "choice_label", "decoder_input_ids", "decoder_attention_mask", "encoder_rows")
+    keys = ("input_ids", "attention_mask", "position_ids", "positions", "choice_row", "choice_pos", "choice_tok",
+            "choice_w", "choice_label", "decoder_input_ids", "decoder_attention_mask", "encoder_rows")
     return np.asarray(_scores(model, variables, {k: batch[k] for k in keys if k in batch}, num_labels))
 
 
