@@ -1,7 +1,7 @@
 """CoLA acceptability, MiniLM prefix tuning, 20 virtual key/value slots per layer.
 
 Trainable: 2·L·P·D = 92,160 prefix parameters on MiniLM, plus the head; ':mlp' uses the MLP re-parameterisation.
-lr 1e-2; epochs and batch size as cola_full.
+lr 1e-2; 10 epochs as the other CoLA PEFT runs (3 underfit them), batch size as cola_full.
 Paper/reference: Li & Liang 2021, "Prefix-Tuning: Optimizing Continuous Prompts for Generation" (HF PEFT recipe: lr 1e-2, no projection).
 Command:  python scripts/train.py --config configs/cola_prefix.py --workdir runs/cola_prefix
 Expected: dev MCC several points below cola_full (HF+PyTorch full FT: 0.314); not yet measured with ftlab on MiniLM.
@@ -19,7 +19,7 @@ def get_config(variant=None):
     c.model.pooling = "mean"
     c.delta.num_virtual_tokens = 20
     c.delta.init_std = 1.0
-    c.train.epochs = 3  # as cola_full
+    c.train.epochs = 10  # as the other CoLA PEFT runs (3 epochs underfit them)
     c.train.batch_size = 32
     c.train.bucket = True  # as cola_full: short sentences, length bucketing cuts padding waste
     c.train.pad_to_multiple_of = 16

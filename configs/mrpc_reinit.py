@@ -20,6 +20,8 @@ def get_config(variant=None):
     c.delta.initializer_range = 0.02
     c.train.epochs = 5
     c.train.batch_size = 16
+    c.train.bucket = True  # length bucketing of the pairs cuts padding waste
+    c.train.pad_to_multiple_of = 16
     c.optim.lr = 5e-5
     c.optim.bias_correction = True
     return apply_variant(

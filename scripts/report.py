@@ -8,6 +8,10 @@ fine-tuning run with the same suffix (same budget, e.g. `sst2_full_quick` for `s
 `<task>_full`. Then one table row per run: task, method, dev metrics at the best eval (the early-stopping score
 is bold), the final eval, trainable parameters, δ bytes on disk, training speed, peak memory; plus a bar plot of
 the dev score per task and method (`docs/results.png`).
+
+Intrinsic dimension (Li et al. 2018; Aghajanyan et al. 2021): the SAID and DID runs of a task (d read from each
+run's config; names such as `mrpc_said_d300`) make a table of dev score against d, with d90, the smallest d
+whose score reaches 90% of full fine-tuning's, and a plot (`docs/intrinsic_dim.png`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import sys
 
 HF_BASELINES = {  # ../shared/reference/hf-baselines.md (transformers + PEFT, PyTorch 2.13.0, same machine)
@@ -65,9 +70,14 @@ def best(r: dict) -> float | None:
 
 
 def full_reference(rows: list[dict], r: dict) -> dict | None:
-    """The full fine-tuning run `r` is measured against: same task and name suffix, else the plain one."""
+    """The full fine-tuning run `r` is measured against: same task and the longest leading part of its name
+    suffix that a full run has ('_quick' for sst2_said_quick_d300), else the plain one."""
     fulls = {suffix(f): f for f in rows if f["task"] == r["task"] and f["method"] == "full" and best(f) is not None}
-    return fulls.get(suffix(r), fulls.get(""))
+    parts = suffix(r).split("_")
+    for n in range(len(parts), 0, -1):
+        if "_".join(parts[:n]) in fulls:
+            return fulls["_".join(parts[:n])]
+    return None
 
 
 def share_of_full(rows: list[dict], r: dict) -> str:
@@ -145,6 +155,88 @@ def plot(rows: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+ID_METHODS = ("said", "did")
+
+
+def intrinsic_groups(rows: list[dict]) -> dict[tuple[str, str, str], list[tuple[int, dict]]]:
+    """(task, method, suffix without its `_d<N>` part) -> [(d, run)] sorted by d, for SAID / DID runs."""
+    groups: dict[tuple[str, str, str], list[tuple[int, dict]]] = {}
+    for r in rows:
+        if r["method"] not in ID_METHODS or best(r) is None:
+            continue
+        d = int(r.get("config", {}).get("delta", {}).get("d", 0))
+        if d <= 0:
+            raise ValueError(f"{r['_name']}: a {r['method']} run without config.delta.d")
+        key = (r["task"], r["method"], re.sub(r"_d\d+", "", suffix(r)))
+        groups.setdefault(key, []).append((d, r))
+    return {k: sorted(v, key=lambda x: x[0]) for k, v in sorted(groups.items())}
+
+
+def d90(points: list[tuple[int, float]], full: float, share: float = 0.9) -> int | None:
+    """The smallest d whose score reaches `share` of full fine-tuning's (Aghajanyan et al.'s d90), or None."""
+    return next((d for d, v in sorted(points) if v >= share * full), None)
+
+
+def intrinsic_table(rows: list[dict]) -> str:
+    groups = intrinsic_groups(rows)
+    if not groups:
+        return ""
+    ds = sorted({d for v in groups.values() for d, _ in v})
+    out = ["| task (metric) | method | full FT | " + " | ".join(f"d={d:,}" for d in ds) + " | d90 |",
+           "|---|---|---|" + "---|" * (len(ds) + 1)]
+    for (task, method, suf), runs in groups.items():
+        ref = full_reference(rows, runs[0][1])
+        full = best(ref) if ref else None
+        by_d = {d: best(r) for d, r in runs}
+        cells = []
+        for d in ds:
+            v = by_d.get(d)
+            # shares rounded down, so a score under 90% never shows as 90%
+            cells.append("" if v is None else f"{v:.3f}" + (f" ({int(100 * v / full)}%)" if full else ""))
+        if full:
+            k = d90(list(by_d.items()), full)
+            d90_cell = f"**{k:,}**" if k is not None else f"> {max(by_d):,}"
+        else:
+            d90_cell = "no full run"
+        full_cell = "" if full is None else f"{full:.3f} ({ref['_name']})"
+        out.append(f"| {task} ({runs[0][1]['main_metric']}) | {method}{suf} | {full_cell} | " + " | ".join(cells)
+                   + f" | {d90_cell} |")
+    return "\n".join(out)
+
+
+def intrinsic_plot(rows: list[dict], path: str) -> bool:
+    """Dev score against d (log scale) per task, a line per method, with full fine-tuning and its 90%."""
+    groups = intrinsic_groups(rows)
+    if not groups:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({t for t, _, _ in groups})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        ref = None
+        for (t, method, suf), runs in groups.items():
+            if t != task:
+                continue
+            ax.plot([d for d, _ in runs], [best(r) for _, r in runs], marker="o", label=f"{method}{suf}")
+            ref = ref or full_reference(rows, runs[0][1])
+        if ref is not None:
+            ax.axhline(best(ref), color="k", lw=1, label=f"full FT ({ref['_name']})")
+            ax.axhline(0.9 * best(ref), color="k", lw=1, ls="--", label="90% of full FT")
+        ax.set_xscale("log")
+        ax.set_xlabel("d (trainable dimensions of θ_d)")
+        ax.set_ylabel(f"dev {next(r['main_metric'] for r in rows if r['task'] == task)}")
+        ax.set_title(task)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default="docs/results")
@@ -170,9 +262,17 @@ def main(argv: list[str] | None = None) -> int:
         " nothing about ftlab's speed on a quiet machine (see the benchmark issue). steps/s is the median over"
         " log windows (mrpc_full and stsb_full, run first, report the mean over steps including compilations).\n\n"
     )
+    intrinsic = ""
+    id_png = os.path.join(os.path.dirname(args.out), "intrinsic_dim.png")
+    if intrinsic_plot(rows, id_png):
+        intrinsic = ("## Intrinsic dimension: dev score against d (SAID, DID)\n\n"
+                     "d90 = the smallest measured d whose score reaches 90% of the full fine-tuning run's (in"
+                     " brackets: each score's share of it). SAID's d includes its one λ per backbone tensor.\n\n"
+                     + intrinsic_table(rows) + f"\n\n![intrinsic dimension]({os.path.basename(id_png)})\n\n")
     with open(args.out, "w") as f:
         f.write(intro + "## Best dev score by method and task (share of full fine-tuning's)\n\n" + summary(rows)
-                + "\n\n## Every run\n\n" + table(rows) + f"\n\n![dev scores]({os.path.basename(png)})\n")
+                + "\n\n" + intrinsic + "## Every run\n\n" + table(rows)
+                + f"\n\n![dev scores]({os.path.basename(png)})\n")
     print(f"wrote {args.out} and {png} ({len(rows)} runs)")
     return 0
 
