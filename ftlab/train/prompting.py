@@ -113,8 +113,9 @@ def _scores_cached(model, variables, cache, p, batch, num_labels):
     cache = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n, *x.shape[1:])), cache)
     mask = jnp.concatenate([jnp.ones((n, p), jnp.int32), batch["attention_mask"],
                             jnp.zeros((n, s - p - t), jnp.int32)], axis=1)
+    kw = {"positions": batch["positions"]} if "positions" in batch else {}  # LM head at the read positions only
     logits, _ = model.apply(variables, ids, mask, position_ids=p + jnp.broadcast_to(jnp.arange(t), (n, t)),
-                            cache=cache, cache_index=p)
+                            cache=cache, cache_index=p, **kw)
     return label_scores(logits, batch, num_labels)
 
 
@@ -126,8 +127,8 @@ def score_with_prefix(model: Any, variables: dict, cache: dict, prefix_len: int,
     prefix-free encoding."""
     ids = np.array(batch["input_ids"])
     ids[:, 0] = np.where(batch["attention_mask"][:, 0] > 0, last_prefix_token, ids[:, 0])
-    keys = ("attention_mask", "choice_row", "choice_pos", "choice_tok", "choice_w", "choice_label")
-    feed = {"input_ids": ids, **{k: batch[k] for k in keys}}
+    keys = ("attention_mask", "positions", "choice_row", "choice_pos", "choice_tok", "choice_w", "choice_label")
+    feed = {"input_ids": ids, **{k: batch[k] for k in keys if k in batch}}
     return np.asarray(_scores_cached(model, variables, cache, prefix_len, feed, num_labels))
 
 
