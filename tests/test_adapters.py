@@ -199,21 +199,21 @@ def test_decoder_adapter_sites(method):
 
 
 @pytest.mark.parametrize("i, o", [(48, 6), (6, 48)])  # down projection (wide → thin), up projection (thin → wide)
-def test_thin_dense_backward_equals_the_plain_vjp(i, o):
-    """The adapters' projection with its own backward (which transposes the thin operand, for XLA's sake) has
+def test_matmul_bias_backward_equals_the_plain_vjp(i, o):
+    """The projection with its own backward (`layers.matmul_bias`: the thin operand transposed, for XLA's sake) has
     the plain x @ w + b's value and gradients, and stays differentiable twice (the regularisers' input-noise
     gradients run inside the loss)."""
-    from ftlab.models.layers import _thin_dense
+    from ftlab.models.layers import matmul_bias
 
     rng = np.random.default_rng(0)
     x, w, b = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((3, 5, i), (i, o), (o,)))
     g = jnp.asarray(rng.normal(size=(3, 5, o)), jnp.float32)
-    y, vjp = jax.vjp(_thin_dense, x, w, b)
+    y, vjp = jax.vjp(matmul_bias, x, w, b)
     y0, vjp0 = jax.vjp(lambda x, w, b: x @ w + b, x, w, b)
     np.testing.assert_allclose(y, y0, rtol=1e-6)
     for a, a0 in zip(vjp(g), vjp0(g)):
         assert a.shape == a0.shape
         np.testing.assert_allclose(a, a0, rtol=1e-5, atol=1e-5)
-    second = jax.grad(lambda w: jnp.sum(jax.grad(lambda x: jnp.sum(jnp.tanh(_thin_dense(x, w, b))))(x) ** 2))(w)
+    second = jax.grad(lambda w: jnp.sum(jax.grad(lambda x: jnp.sum(jnp.tanh(matmul_bias(x, w, b))))(x) ** 2))(w)
     second0 = jax.grad(lambda w: jnp.sum(jax.grad(lambda x: jnp.sum(jnp.tanh(x @ w + b)))(x) ** 2))(w)
     np.testing.assert_allclose(second, second0, rtol=1e-4, atol=1e-5)

@@ -205,8 +205,9 @@ def test_remat_policies_same_gradients_and_bad_name_is_refused():
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_gemv_sums_and_custom_vjps_equal_plain_autodiff(dtype):
-    """LayerNorm and RMSNorm take their statistics and parameter gradients as GEMVs through custom VJPs; values
-    and every gradient (Dense's alongside) equal the plain formulas differentiated by JAX (float32 reference)."""
+    """LayerNorm and RMSNorm take their statistics and parameter gradients as GEMVs through custom VJPs, and Dense
+    its kernel gradient with the thinner operand transposed and its bias gradient as a GEMV; values and every
+    gradient equal the plain formulas differentiated by JAX (float32 reference)."""
     from ftlab.models import layers
 
     rng = np.random.default_rng(0)
@@ -227,9 +228,13 @@ def test_gemv_sums_and_custom_vjps_equal_plain_autodiff(dtype):
         return sc * x / jnp.sqrt((x**2).mean(-1, keepdims=True) + eps)
 
     dense = layers.Dense(6, dtype=dtype)
+    wide = layers.Dense(16, use_bias=False, dtype=dtype)  # the other kernel-gradient branch (x thinner than g)
+    w16 = rng.normal(size=(8, 16)) * 0.3
     ln, rms = layers.LayerNorm(dtype=dtype), layers.RMSNorm(dtype=dtype)
     cases = [
         (lambda x, w, b: dense.apply({"params": {"kernel": w, "bias": b}}, x), dense_ref, (x, w, b), cot),
+        (lambda x, w: wide.apply({"params": {"kernel": w}}, x), lambda x, w: x @ w, (x, w16),
+         rng.normal(size=(3, 5, 16))),
         (lambda x, s, h: ln.apply({"params": {"scale": s, "bias": h}}, x), ln_ref, (x, sc, sh), cot[..., :1] * x),
         (lambda x, s: rms.apply({"params": {"scale": s}}, x), rms_ref, (x, sc), cot[..., :1] * x),
     ]
