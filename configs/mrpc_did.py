@@ -6,6 +6,8 @@ lr 3e-2 for θ_d (large, as in the Compacter reproduction of SAID, Mahabadi et a
 head at ×1/30 (1e-3, the frozen twin's lr); no weight decay on θ_d.
 Paper/reference: Aghajanyan, Zettlemoyer & Gupta 2021, "Intrinsic Dimensionality Explains the Effectiveness of
           Language Model Fine-Tuning"; Li et al. 2018, "Measuring the Intrinsic Dimension of Objective Landscapes".
+Sweep:    bash scripts/run_experiments.sh mrpc_did:d100 mrpc_did:d300 mrpc_did:d1000 mrpc_did:d3000 mrpc_did:d10000
+          then python scripts/report.py (its intrinsic-dimension section: score vs d, d90, docs/intrinsic_dim.png)
 Command:  python scripts/train.py --config configs/mrpc_did.py --workdir runs/mrpc_did
 Expected: dev F1 grows with d towards mrpc_full; Aghajanyan et al. reach 90% of full fine-tuning on MRPC with d ≈ 200 (SAID, RoBERTa-large) and need larger d for smaller models; not yet measured with MiniLM.
 """

@@ -7,6 +7,8 @@ head at ×1/30 (1e-3, the frozen twin's lr); no weight decay on θ_d.
 No d100 variant: SAID needs d > 103, MiniLM-L6's number of backbone tensors (one λ each).
 Paper/reference: Aghajanyan, Zettlemoyer & Gupta 2021, "Intrinsic Dimensionality Explains the Effectiveness of
           Language Model Fine-Tuning"; Li et al. 2018, "Measuring the Intrinsic Dimension of Objective Landscapes".
+Sweep:    bash scripts/run_experiments.sh mrpc_said:d300 mrpc_said:d1000 mrpc_said:d3000 mrpc_said:d10000
+          then python scripts/report.py (its intrinsic-dimension section: score vs d, d90, docs/intrinsic_dim.png)
 Command:  python scripts/train.py --config configs/mrpc_said.py --workdir runs/mrpc_said
 Expected: dev F1 grows with d towards mrpc_full; Aghajanyan et al. reach 90% of full fine-tuning on MRPC with d ≈ 200 (SAID, RoBERTa-large) and need larger d for smaller models; not yet measured with MiniLM.
 """
