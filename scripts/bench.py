@@ -822,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
                         data["records"].append({**base, "status": "n/a", "note": TORCH_NA[method]})
                         continue
                     _log(f"{model} {method} {fw} ...")
-                    rec = {**base, **_run_worker(fw, model, method, warmup[model], steps[model], hf_dirs[model],
+                    rec = {**base, **_run_worker(fw, model, method, warmup[model], steps[model], hf_dirs.get(model, ""),
                                                       opt), "measured_utc": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                            time.gmtime())}
                     data["records"].append(rec)
