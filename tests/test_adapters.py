@@ -2,8 +2,9 @@
 equations on a tiny 2-layer BERT (final hidden states, padded batch), plus the decoder sites.
 
 Houlsby et al. 2019:  LN(A(dropout(W_o a)) + x) after attention and after the FFN, A(h) = h + f(h W_d + b_d) W_u + b_u.
-Pfeiffer et al. 2020 (AdapterFusion Fig. 2 / AdapterHub): FFN only, h = LN(FFN + x); out = LN(A(h) + x).
-MAD-X: A_task(A_lang(h)) at the same site.
+Pfeiffer et al. 2020 (AdapterFusion Fig. 2; MAD-X eq. 2: A(h, r) = U(ReLU(D(h))) + r, r the FFN output before its
+Add & Norm; AdapterHub's SeqBnConfig): FFN only, s = FFN; s = s + U(f(D(LN(s + x)))) per stacked adapter; out = LN(s + x).
+MAD-X: the task adapter after the language adapter at the same site.
 """
 
 from __future__ import annotations
@@ -57,14 +58,13 @@ def _dense(x, p):
     return x @ np.asarray(p["kernel"], np.float64) + np.asarray(p["bias"], np.float64)
 
 
-def _adapter(h, slot):
-    z = ACTS[("relu", "gelu", "swish", "tanh")[int(slot["act"])]](_dense(h, slot["down"]))
-    return h + _dense(z, slot["up"])
+def _bottleneck(h, slot):
+    return _dense(ACTS[("relu", "gelu", "swish", "tanh")[int(slot["act"])]](_dense(h, slot["down"])), slot["up"])
 
 
-def _stack(h, site):
+def _stack(h, site, read=lambda s: s):
     for k in sorted(site, key=int):
-        h = _adapter(h, site[k])
+        h = h + _bottleneck(read(h), site[k])
     return h
 
 
@@ -90,11 +90,9 @@ def numpy_bert(params, collection):
         x1 = _ln(o + x, lp["attention"]["output"]["LayerNorm"])
         f = _dense(ACTS["gelu"](_dense(x1, lp["intermediate"]["dense"])), lp["output"]["dense"])
         f = _stack(f, ld.get("output", {}).get("adapter", {}))
-        out = ld.get("output", {}).get("adapter_after_ln")
-        if out:
-            x = _ln(_stack(_ln(f + x1, lp["output"]["LayerNorm"]), out) + x1, lp["output"]["LayerNorm"])
-        else:
-            x = _ln(f + x1, lp["output"]["LayerNorm"])
+        out = ld.get("output", {}).get("adapter_after_ln", {})
+        f = _stack(f, out, read=lambda s, x1=x1, ln=lp["output"]["LayerNorm"]: _ln(s + x1, ln))
+        x = _ln(f + x1, lp["output"]["LayerNorm"])
     return x
 
 

@@ -1,9 +1,8 @@
 """The delta contract for every module delta (LoRA, IA³, prompt, prefix, Houlsby, Pfeiffer, MAD-X stack) on a
 tiny 2-layer BERT classifier (width 16), through the real model and the real train step.
 
-For each method: init under eval_shape, identity at init where the method allows (exact: LoRA, IA³, Houlsby;
-prompt and prefix change every position's context, and Pfeiffer's BERT form re-applies the block's LayerNorm,
-so those are not), jit(apply) == apply, one `make_train_step` + `ftlab.optim.build` step (θ₀ bit-identical,
+For each method: init under eval_shape, identity at init where the method allows (exact: LoRA, IA³, Houlsby,
+Pfeiffer; prompt and prefix change every position's context, so those are not), jit(apply) == apply, one `make_train_step` + `ftlab.optim.build` step (θ₀ bit-identical,
 fixed leaves unchanged, every trainable leaf moved), to_disk / from_disk round trip, trainable count ==
 num_trainable, and δ saved through ftlab.checkpoint.delta_io.
 """
@@ -48,7 +47,7 @@ METHODS = [
     ("prefix", "prefix", {"num_virtual_tokens": 3}, False),
     ("prefix_mlp", "prefix", {"num_virtual_tokens": 3, "projection": True, "projection_hidden": 8}, False),
     ("houlsby", "houlsby", {"bottleneck": 4}, True),
-    ("pfeiffer", "pfeiffer", {"reduction_factor": 4, "non_linearity": "gelu"}, False),
+    ("pfeiffer", "pfeiffer", {"reduction_factor": 4, "non_linearity": "gelu"}, True),
 ]
 
 

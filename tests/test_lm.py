@@ -256,3 +256,56 @@ def test_clm_stage_on_smollm2(tmp_path, hf_offline):
     evals = [json.loads(ln) for ln in open(tmp_path / "run" / "metrics.jsonl") if '"eval"' in ln]
     assert res["task"] == "clm" and len(evals) == 2
     assert evals[1]["perplexity"] < evals[0]["perplexity"]
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "prompt"])
+def test_fused_causal_lm_loss_equals_the_logits_path(method):
+    """A tied causal-LM head trains through `losses.causal_lm_fused` (the loss and its gradients taken chunk by
+    chunk, never the [B, T, V] logits): loss and every trainable gradient equal `losses.compute('causal_lm')`
+    over the model's logits, for full fine-tuning (the tied table's gradient), LoRA (table frozen: its gradient
+    is not formed) and a soft prompt (hidden states sliced past the prompt); chunk sizes that do not divide B·T
+    are padded with weight-0 rows."""
+    from ftlab import deltas, tree
+    from ftlab.models import LlamaConfig, build_model
+    from ftlab.train import losses
+    from ftlab.train import step as step_lib
+
+    cfg = LlamaConfig(vocab_size=97, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                      tie_word_embeddings=True)
+    model = build_model(cfg, "causal_lm")
+    params = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 97, size=(3, 11)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[2, 7:] = 0
+    batch = {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask),
+             "labels": jnp.asarray(np.where(mask == 1, ids, -100)), "example_mask": jnp.asarray([1.0, 1.0, 1.0])}
+    mod = deltas.get(method)
+    c = deltas.check_config(mod, {"num_virtual_tokens": 3} if method == "prompt" else {})
+    delta = mod.init(jax.random.key(1), params, c)
+    train, fixed = tree.split(delta, mod.trainable(delta))
+    fused = step_lib.make_loss_fn(model, mod, "causal_lm")
+    plain = step_lib.make_loss_fn(model, mod, "causal_lm", loss=lambda lg, b, s: losses.compute("causal_lm", lg, b))
+    key = jax.random.key(2)
+    (v1, a1), g1 = jax.value_and_grad(fused, has_aux=True)(train, fixed, params, batch, key)
+    (v2, a2), g2 = jax.value_and_grad(plain, has_aux=True)(train, fixed, params, batch, key)
+    np.testing.assert_allclose(v1, v2, rtol=1e-6)
+    assert float(a1["weight"]) == float(a2["weight"]) == float(mask[:, 1:].sum())
+    for x, y in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    # the bare function: every chunk size, weights and labels outside the vocabulary where the weight is 0
+    h = jnp.asarray(rng.normal(size=(13, 16)), jnp.float32)
+    table = jnp.asarray(rng.normal(size=(97, 16)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 97, size=13), jnp.int32)
+    w = jnp.asarray(rng.uniform(size=13) * (np.arange(13) != 4), jnp.float32)
+    def want(h, t):
+        logits = h @ t.T
+        return jnp.sum(w * (jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0]))
+
+    gw = jax.grad(want, argnums=(0, 1))(h, table)
+    for chunk in (1, 5, 13, 256):
+        f = lambda h, t, chunk=chunk: losses.fused_lm_nll_sum(h, t, labels, w, chunk)
+        np.testing.assert_allclose(f(h, table), want(h, table), rtol=1e-6)
+        for x, y in zip(jax.jit(jax.grad(f, argnums=(0, 1)))(h, table), gw, strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)

@@ -6,8 +6,10 @@ factor) and f in relu | gelu | swish | tanh: the residual is inside the adapter.
     output projection and after the FFN output (after their dropout), before the residual + LayerNorm:
     BERT  LN(adapter(dropout(W_o a)) + x)            delta .../attention/output/adapter, .../output/adapter
   - 'pfeiffer' (Pfeiffer et al. 2020, "AdapterFusion" / "MAD-X"): after the FFN only. On BERT (post-LN) in the
-    AdapterHub form of the papers' figure: h = LN(FFN + x); out = LN(adapter(h) + x), with the block's own
-    LayerNorm used twice (delta .../output/adapter_after_ln).
+    AdapterHub form of the papers' figure (MAD-X eq. 2: A(h, r) = U(ReLU(D(h))) + r, h the block output, r the
+    FFN output before its Add & Norm): s = FFN; s = s + up(f(down(LN(s + x)))) for each stacked adapter;
+    out = LN(s + x), the block's own LayerNorm used before and after the adapters; the unmodified block at
+    init (delta .../output/adapter_after_ln).
   Decoders (pre-LN: Llama, GPT-2) have one form: x + adapter(sublayer(norm(x))), on the attention and the MLP
   output ('houlsby') or the MLP only ('pfeiffer'): delta .../self_attn|attn/adapter, .../mlp/adapter.
 Each site holds slots "0", "1", ... applied in order (stacking). `slot` picks this adapter's slot; MAD-X

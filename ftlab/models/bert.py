@@ -17,7 +17,8 @@ Post-LN transformer. Attention lives in `BertSelfAttention`, the feed-forward bl
     encoder/layer/{i}/{attention/output,output}/adapter           Houlsby: dense -> dropout -> adapters ->
                                                                    LayerNorm(. + residual)
     encoder/layer/{i}/{attention/output,output}/adapter_after_ln  Pfeiffer (AdapterHub): h = LayerNorm(dense +
-                                                                   residual) -> adapters -> LayerNorm(. + residual)
+                                                                   residual) -> each adapter reads
+                                                                   LayerNorm(. + residual) and adds to dense
 With a prompt the sequence is P + T long (positions 0..P+T-1, token type 0 for the prompt, as PEFT feeds
 `inputs_embeds`); with a prefix the real tokens' positions start at P (HF's `past_key_values_length`).
 """
@@ -142,8 +143,10 @@ class BertResidualOutput(nn.Module):
         x = adapters(self, x, "adapter")  # Houlsby: before the residual + LayerNorm
         norm = LayerNorm(c.layer_norm_eps, dt, name="LayerNorm")
         if self.has_variable("delta", "adapter_after_ln"):
-            # Pfeiffer / AdapterHub: adapter on the block output, then the same LayerNorm again.
-            return norm(adapters(self, norm(x + residual), "adapter_after_ln") + residual)
+            # Pfeiffer (AdapterHub's SeqBnConfig): each adapter reads the block output LN(x + residual) and adds
+            # to the sublayer output x before that LayerNorm, which then runs again:
+            # LN(x + up(f(down(LN(x + residual)))) + residual), the unmodified block when up = 0.
+            x = adapters(self, x, "adapter_after_ln", read=lambda s: norm(s + residual))
         return norm(x + residual)
 
 

@@ -238,7 +238,11 @@ class TaskModel(nn.Module):
         cache: dict | None = None,
         cache_index: Array | int | None = None,
         positions: Array | None = None,
+        lm_head_inputs: bool = False,
     ) -> Any:
+        """`lm_head_inputs`: with a tied causal-LM head and no cache or positions, return {'hidden' [B, T, D],
+        'table' [V, D]} instead of the logits, for `ftlab.train.losses.causal_lm_fused` (no [B, T, V] array);
+        other heads ignore it."""
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}; choose from {HEADS}")
         if self.pooling not in POOLINGS:
@@ -257,6 +261,10 @@ class TaskModel(nn.Module):
                 input_ids, attention_mask, deterministic, position_ids, cache, cache_index
             )
         num_prompt = out.get("num_prompt", 0)
+        if (lm_head_inputs and self.head == "causal_lm" and cache is None and positions is None
+                and getattr(self.config, "tie_word_embeddings", False)):
+            hidden = out["hidden"][:, num_prompt:] if num_prompt else out["hidden"]
+            return {"hidden": hidden.astype(compute_dtype(self.config.dtype)), "table": out["embedding"]}
         if self.head is None:
             result = out["hidden"].astype(jnp.float32)
         else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -254,7 +255,8 @@ def _mix32(x: Array) -> Array:
     return x ^ (x >> 16)
 
 
-def dropout_keep_mask(rng: Array, rate: float | Array, shape: tuple[int, ...]) -> Array:
+def dropout_keep_mask(rng: Array, rate: float | Array, shape: tuple[int, ...],
+                      perm: tuple[int, ...] | None = None) -> Array:
     """bool `shape`, each element True (keep) with probability 1 - rate, independently; a function of `rng`.
 
     Dropout masks are the largest random draws of a training step (attention-probability dropout alone is
@@ -263,10 +265,21 @@ def dropout_keep_mask(rng: Array, rate: float | Array, shape: tuple[int, ...]) -
     then a counter-based hash: two rounds of an avalanche mixer over (element index ^ seed), compared with
     round(rate·2³²). That is a few integer ops per element, fuses into the consumer, and partitions like
     an iota under SPMD. The keep probability is 1 - rate to within 2⁻³². Same key, same mask (runs and
-    resumes are reproducible); the draws differ from `jax.random.bernoulli`'s.
+    resumes are reproducible); the draws differ from `jax.random.bernoulli`'s. `perm`: return the mask
+    transposed by it (`jnp.transpose(mask, perm)`), drawn in that layout directly (attention's backward).
     """
     seeds = jax.random.bits(rng, (3,), jnp.uint32)
     n = int(np.prod(shape, dtype=np.int64))
+    if perm is not None:
+        if n >= 2**32:
+            return jnp.transpose(dropout_keep_mask(rng, rate, shape), perm)
+        strides = np.cumprod((1,) + tuple(shape[:0:-1]))[::-1]  # row-major element strides of `shape`
+        out_shape = tuple(shape[a] for a in perm)
+        ctr = jnp.zeros(out_shape, jnp.uint32)
+        for j, a in enumerate(perm):
+            if shape[a] > 1:
+                ctr = ctr + jax.lax.broadcasted_iota(jnp.uint32, out_shape, j) * jnp.uint32(int(strides[a]))
+        return _keep_from_counter(ctr, seeds[0], seeds[1], rate)
     # Element index within a block of < 2**32 elements (trailing axes) and, for larger arrays, block index.
     split = len(shape)
     while split > 0 and int(np.prod(shape[split - 1:], dtype=np.int64)) < 2**32:
@@ -287,7 +300,11 @@ def dropout_keep_mask(rng: Array, rate: float | Array, shape: tuple[int, ...]) -
             block = block + jax.lax.broadcasted_iota(jnp.uint32, shape, ax) * jnp.uint32(stride)
             stride *= shape[ax]
         second = second ^ _mix32(block * jnp.uint32(_U32_GOLDEN) + seeds[2])
-    x = _mix32(_mix32(ctr ^ seeds[0]) ^ second)
+    return _keep_from_counter(ctr, seeds[0], second, rate)
+
+
+def _keep_from_counter(ctr: Array, first: Array, second: Array, rate: float | Array) -> Array:
+    x = _mix32(_mix32(ctr ^ first) ^ second)
     if isinstance(rate, (int, float)):
         threshold = jnp.uint32(min(max(round(rate * 2**32), 0), 2**32 - 1))
     else:  # a traced rate (e.g. LoRA's lora_dropout leaf); 4294967040 = the largest float32 below 2**32
@@ -360,9 +377,13 @@ _ADAPTER_FNS = (jax.nn.relu, gelu_erf, jax.nn.silu, jnp.tanh)
 
 
 
-def adapters(module: nn.Module, h: Array, name: str = "adapter") -> Array:
-    """Bottleneck adapters stacked at a site: for each slot in order, h = h + up(act(down(h))).
+def adapters(module: nn.Module, h: Array, name: str = "adapter",
+             read: Callable[[Array], Array] | None = None) -> Array:
+    """Bottleneck adapters stacked at a site: for each slot in order, h = h + up(act(down(read(h)))).
 
+    `read` maps the running stream to the adapter's input: the identity by default (Houlsby, the decoders);
+    the Pfeiffer adapter on BERT reads LN(h + residual) instead while adding to the pre-LayerNorm stream h
+    (AdapterHub's `residual_before_ln` with `original_ln_before`, re-applied before each stacked adapter).
     Reads delta `name` = {slot: {'down': {'kernel' [D, m], 'bias' [m]}, 'up': {'kernel' [m, D], 'bias' [D]},
     'act': int32 code into ADAPTER_ACTIVATIONS}} in `module`'s scope; slots "0", "1", ... run in numeric order
     (MAD-X stacking: language adapter in slot 0, task adapter in slot 1). h: [..., D]. No-op when absent.
@@ -373,7 +394,7 @@ def adapters(module: nn.Module, h: Array, name: str = "adapter") -> Array:
     dt = h.dtype
     for key in sorted(slots, key=int):
         s = slots[key]
-        z = matmul_bias(h, s["down"]["kernel"].astype(dt), s["down"]["bias"].astype(dt))
+        z = matmul_bias(h if read is None else read(h), s["down"]["kernel"].astype(dt), s["down"]["bias"].astype(dt))
         z = jax.lax.switch(jnp.asarray(s["act"], jnp.int32), _ADAPTER_FNS, z)
         h = h + matmul_bias(z, s["up"]["kernel"].astype(dt), s["up"]["bias"].astype(dt))
     return h
@@ -527,7 +548,7 @@ def dot_product_attention(
     if impl != "xla" and not dropping and q.shape[1] == k.shape[1]:
         return _fused_attention(q, k, v, mask, scale, impl, causal)
     b, t, h, dh = q.shape
-    s_len, kh = k.shape[1], k.shape[2]
+    kh = k.shape[2]
     g = h // kh
     scale = dh**-0.5 if scale is None else scale
     # Heads-major layouts so both products are plain batched matmuls over (B, K) with the [G*T, S] score
@@ -536,18 +557,107 @@ def dot_product_attention(
     # adjacent, so [B, K, G*T, S] is [B, H, T, S] by a bitcast); k, v -> [B, K, S, Dh].
     qh = q.reshape(b, t, kh, g, dh).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, dh)
     kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-    batch_dims = ((0, 1), (0, 1))
-    scores = jax.lax.dot_general(qh, kt, (((3,), (3,)), batch_dims))  # [B, K, G*T, S]
-    scores = scores.astype(_stat_dtype(q.dtype)) * scale
-    scores = scores.reshape(b, h, t, s_len)
-    if mask is not None:
-        scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    if dropping:
-        keep = dropout_keep_mask(dropout_rng, dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0).astype(q.dtype)
-    out = jax.lax.dot_general(probs.reshape(b, kh, g * t, s_len), vt, (((3,), (2,)), batch_dims))  # [B,K,G*T,Dh]
+    out = softmax_attention(qh, kt, vt, mask, dropout_rng if dropping else None, float(scale),
+                            float(dropout_rate) if dropping else 0.0, h)
     return out.reshape(b, kh, g, t, dh).transpose(0, 3, 1, 2, 4).reshape(b, t, h, dh)
+
+
+# Attention's backward recomputes the probabilities instead of keeping them. Plain autodiff of
+# softmax(QKᵀ)·V keeps the [B, H, T, S] scores, exponentials and probabilities of every layer (and, with
+# attention dropout, the keep mask) alive from the forward pass to the backward: for SmolLM2 at batch 8 × 256
+# that is ~19 MB per array per layer of the 30. `softmax_attention` keeps only the row max and the row sum
+# [.., T, 1] and recomputes scores, probabilities and the (counter-hash, hence reproducible) dropout mask from
+# q, k and the key in the backward pass, as FlashAttention does (Dao et al. 2022: dS = P ∘ (dP − rowsum(dP ∘ P))):
+# one extra Q·Kᵀ product, a few percent of a layer's FLOPs. The backward works on the transposed [.., S, T]
+# matrices (Pᵀ·dO, V·dOᵀ and dSᵀ·Q are then plain matmuls): recomputed in the forward's layout, XLA's CSE
+# merged the recomputation with the forward's products (optimization barriers do not survive to CSE on CPU)
+# and so kept them alive anyway. Forward values are those of the explicit formula bit for bit; gradients
+# equal plain autodiff to rounding (tests).
+_BATCH_DIMS = ((0, 1), (0, 1))
+
+
+def _attention_probs(qh, kt, mask, scale, heads):
+    """Softmax probabilities [B, K, G*T, S] in the statistics dtype, and the row max and sum [.., G*T, 1]."""
+    b, kh, gt, _ = qh.shape
+    s_len = kt.shape[2]
+    scores = jax.lax.dot_general(qh, kt, (((3,), (3,)), _BATCH_DIMS))  # [B, K, G*T, S]
+    scores = scores.astype(_stat_dtype(qh.dtype)) * scale
+    if mask is not None:
+        # Masked scores are finfo.min, not -inf, so a fully masked row (a pad query) stays finite, as in HF.
+        masked = jnp.where(mask, scores.reshape(b, heads, gt * kh // heads, s_len), jnp.finfo(scores.dtype).min)
+        scores = masked.reshape(b, kh, gt, s_len)
+    row_max = jax.lax.stop_gradient(scores.max(-1, keepdims=True))
+    unnormalized = jnp.exp(scores - row_max)
+    row_sum = unnormalized.sum(-1, keepdims=True)
+    return unnormalized / row_sum, (row_max, row_sum)
+
+
+def _transposed_mask(mask, heads, kh, gt, s_len):
+    """bool mask broadcastable to [B, H, T, S] -> [B, K, S, G*T] (the transposed score layout)."""
+    b = mask.shape[0]
+    t = gt * kh // heads
+    full = jnp.broadcast_to(mask, (b, heads, t, s_len)).reshape(b, kh, heads // kh, t, s_len)
+    return full.transpose(0, 1, 4, 2, 3).reshape(b, kh, s_len, gt)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def softmax_attention(qh, kt, vt, mask, rng, scale: float, rate: float, heads: int):
+    """softmax(scale·Q·Kᵀ masked) (dropped out) · V in the heads-major layout of `dot_product_attention`.
+
+    qh [B, K, G*T, Dh], kt/vt [B, K, S, Dh], mask bool broadcastable to [B, H, T, S] or None, rng the dropout
+    key (None: no dropout), rate the attention dropout rate. Returns [B, K, G*T, Dh] in qh's dtype.
+    """
+    return _softmax_attention_fwd(qh, kt, vt, mask, rng, scale, rate, heads)[0]
+
+
+def _softmax_attention_fwd(qh, kt, vt, mask, rng, scale, rate, heads):
+    probs, stats = _attention_probs(qh, kt, mask, scale, heads)
+    probs = probs.astype(qh.dtype)
+    if rng is not None:
+        b, kh, gt, s_len = probs.shape
+        # Drawn over [B, H, T, S] (the same elements in the same order as [B, K, G*T, S]).
+        keep = dropout_keep_mask(rng, rate, (b, heads, gt * kh // heads, s_len)).reshape(probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - rate), 0).astype(qh.dtype)
+    out = jax.lax.dot_general(probs, vt, (((3,), (2,)), _BATCH_DIMS))  # [B, K, G*T, Dh]
+    return out, (qh, kt, vt, mask, rng, stats)
+
+
+def _softmax_attention_bwd(scale, rate, heads, res, g):
+    qh, kt, vt, mask, rng, (row_max, row_sum) = res
+    b, kh, gt, _ = qh.shape
+    s_len = kt.shape[2]
+    stat = _stat_dtype(qh.dtype)
+    # Transposed layout [B, K, S, G*T] throughout; the row statistics broadcast along S. The recomputation
+    # reads q through a zero that depends on the incoming cotangent g: otherwise XLA's scheduler, free to run
+    # it as soon as q and k exist, hoists it into the forward pass and keeps its result alive until here.
+    after_g = qh + (g.reshape(-1)[0] * 0).astype(qh.dtype)
+    scores_t = jax.lax.dot_general(kt, after_g, (((3,), (3,)), _BATCH_DIMS)).astype(stat) * scale
+    mask_t = None if mask is None else _transposed_mask(mask, heads, kh, gt, s_len)
+    if mask_t is not None:
+        scores_t = jnp.where(mask_t, scores_t, jnp.finfo(stat).min)
+    probs_t = jnp.exp(scores_t - jnp.swapaxes(row_max, 2, 3)) / jnp.swapaxes(row_sum, 2, 3)
+    dropped_t = probs_t.astype(qh.dtype)
+    if rng is not None:
+        t = gt * kh // heads
+        # keep [B, H, T, S] drawn directly as [B, H, S, T], then [B, K, G, S, T] -> [B, K, S, G*T]
+        keep_t = dropout_keep_mask(rng, rate, (b, heads, t, s_len), perm=(0, 1, 3, 2))
+        keep_t = keep_t.reshape(b, kh, heads // kh, s_len, t).transpose(0, 1, 3, 2, 4).reshape(b, kh, s_len, gt)
+        dropped_t = jnp.where(keep_t, dropped_t / (1.0 - rate), 0).astype(qh.dtype)
+    g = g.astype(qh.dtype)
+    dv = jax.lax.dot_general(dropped_t, g, (((3,), (2,)), _BATCH_DIMS))  # [B, K, S, Dh]
+    dprobs_t = jax.lax.dot_general(vt, g, (((3,), (3,)), _BATCH_DIMS)).astype(stat)  # [B, K, S, G*T]
+    if rng is not None:
+        dprobs_t = jnp.where(keep_t, dprobs_t / (1.0 - rate), 0)
+    dscores_t = probs_t * (dprobs_t - (dprobs_t * probs_t).sum(2, keepdims=True))
+    if mask_t is not None:
+        dscores_t = jnp.where(mask_t, dscores_t, 0)
+    dscores_t = (dscores_t * scale).astype(qh.dtype)
+    dq = jax.lax.dot_general(dscores_t, kt, (((2,), (2,)), _BATCH_DIMS))  # [B, K, G*T, Dh]
+    dk = jax.lax.dot_general(dscores_t, qh, (((3,), (2,)), _BATCH_DIMS))  # [B, K, S, Dh]
+    return dq.astype(qh.dtype), dk.astype(kt.dtype), dv.astype(vt.dtype), None, None
+
+
+softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
 
 
 def _fused_attention(q, k, v, mask, scale, impl, causal):

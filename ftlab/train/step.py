@@ -25,6 +25,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ftlab import tree
+from ftlab.models.heads import TaskModel
 from ftlab.models.layers import rows_sharded_over
 from ftlab.train import averaging, losses
 
@@ -91,6 +92,9 @@ def make_loss_fn(model: nn.Module, delta_mod: ModuleType, kind: str, total_steps
     (the masked LM draws its masks there: ftlab.train.lm.make_mlm_transform)."""
     penalty = delta_penalty(delta_mod, total_steps)
     stochastic = getattr(delta_mod, "STOCHASTIC", False)
+    # A tied causal-LM head hands the loss its hidden states and table instead of [B, T, V] logits.
+    fused_lm = {"lm_head_inputs": True} if (loss is None and kind == "causal_lm" and isinstance(model, TaskModel)
+                                              and model.head == "causal_lm") else {}
     if loss is None:
         loss = lambda logits, batch, step: losses.compute(kind, logits, batch)  # noqa: E731
 
@@ -104,8 +108,11 @@ def make_loss_fn(model: nn.Module, delta_mod: ModuleType, kind: str, total_steps
             batch = transform(batch, t_rng)
         variables = apply_delta(delta_mod, base, delta, delta_rng, step, total_steps)
         logits = model.apply(variables, batch["input_ids"], deterministic=False, rngs={"dropout": rng},
-                             **model_inputs(batch))
-        value, aux = loss(logits, batch, step)
+                             **model_inputs(batch), **fused_lm)
+        if isinstance(logits, dict) and "table" in logits:
+            value, aux = losses.causal_lm_fused(logits["hidden"], logits["table"], batch)
+        else:
+            value, aux = loss(logits, batch, step)
         if penalty is not None:  # e.g. diff pruning's expected-L0 term
             reg = penalty(delta, step)
             aux["penalty"] = reg
