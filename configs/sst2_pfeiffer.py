@@ -4,7 +4,8 @@ Trainable: L·(2·D·m + m + D) = 113,016 adapter parameters on MiniLM, plus the
 lr 1e-3; epochs and batch size as sst2_full.
 Paper/reference: Pfeiffer et al. 2020, "AdapterFusion" / "MAD-X" (AdapterHub Pfeiffer config; lr 1e-4..1e-3).
 Command:  python scripts/train.py --config configs/sst2_pfeiffer.py --workdir runs/sst2_pfeiffer
-Expected: dev accuracy ≈ 0.870 (docs/results/sst2_pfeiffer.json; sst2_full 0.899); :quick 0.842 (sst2_full:quick 0.865).
+Expected: dev accuracy ≈ 0.880 (docs/results/sst2_pfeiffer.json; sst2_full 0.899). In the earlier, incorrect
+Pfeiffer form (not the identity at init) 0.870, :quick 0.842.
 """
 
 from ftlab.train.loop import apply_variant, default_config
