@@ -5,6 +5,7 @@ lr 5e-4 (10 epochs at 1e-3: MCC 0.265; at 5e-4: 0.277); 10 epochs (3 underfit: M
 Paper/reference: Houlsby et al. 2019, "Parameter-Efficient Transfer Learning for NLP" (lr 1e-4..1e-3; AdapterHub defaults).
 Command:  python scripts/train.py --config configs/cola_houlsby.py --workdir runs/cola_houlsby
 Expected: dev MCC ≈ 0.277 (docs/results/cola_houlsby.json; cola_full 0.284, HF+PyTorch full FT: 0.314).
+15 epochs (--config.train.epochs=15, docs/results/cola_houlsby_15ep.json): 0.276, no gain.
 """
 
 from ftlab.train.loop import apply_variant, default_config
