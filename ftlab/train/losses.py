@@ -14,6 +14,11 @@ import jax.numpy as jnp
 IGNORE = -100
 
 
+def next_token_labels(labels: jax.Array) -> jax.Array:
+    """Causal LM: position t predicts token t+1 from the prefix up to t: shift the labels, not the logits."""
+    return jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE)], axis=1)
+
+
 def compute(kind: str, logits: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
     """(scalar loss, {'loss_sum', 'weight'}) for kind in classification | regression | tagging | causal_lm."""
     ex_w = batch.get("example_mask")
@@ -29,8 +34,8 @@ def compute(kind: str, logits: jax.Array, batch: dict) -> tuple[jax.Array, dict]
         w = ex_w
     elif kind in ("tagging", "causal_lm", "masked_lm"):  # logits [B,T,C], labels [B,T]
         labels = batch["labels"].astype(jnp.int32)
-        if kind == "causal_lm":  # predict token t+1 from the prefix up to t: shift the labels, not the logits
-            labels = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE)], axis=1)
+        if kind == "causal_lm":
+            labels = next_token_labels(labels)
         valid = labels != IGNORE
         safe = jnp.where(valid, labels, 0)
         # logsumexp − the label's logit: no [B, T, V] log-softmax (or sliced logits) is materialised, which
@@ -126,8 +131,7 @@ def causal_lm_fused(hidden: jax.Array, table: jax.Array, batch: dict) -> tuple[j
     ex_w = batch.get("example_mask")
     if ex_w is None:
         ex_w = jnp.ones(hidden.shape[0], jnp.float32)
-    labels = batch["labels"].astype(jnp.int32)
-    labels = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE)], axis=1)
+    labels = next_token_labels(batch["labels"].astype(jnp.int32))
     valid = labels != IGNORE
     w = valid.astype(jnp.float32) * ex_w[:, None]
     b, t, d = hidden.shape
