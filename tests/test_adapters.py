@@ -171,23 +171,26 @@ def test_mad_x_stack_language_then_task(bert, tmp_path):
         pf.init(jax.random.key(0), params, {**task_cfg, "slot": 0})
 
 
+LLAMA = LlamaConfig(
+    vocab_size=50,
+    hidden_size=16,
+    intermediate_size=24,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    max_position_embeddings=32,
+)
+
+
 @pytest.mark.parametrize("method", ["houlsby", "pfeiffer"])
 def test_decoder_adapter_sites(method):
-    cfg = LlamaConfig(
-        vocab_size=50,
-        hidden_size=16,
-        intermediate_size=24,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=32,
-    )
+    cfg = LLAMA
     model = build_model(cfg, "causal_lm")
     params = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
     mod = deltas.get(method)
     c = deltas.check_config(mod, {"bottleneck": 4})
     delta = mod.init(jax.random.key(1), params, c)
-    sites = {p.split("/adapter/")[0] for p in tree.flatten(delta["delta"])}
+    sites = {p.split("/adapter")[0] for p in tree.flatten(delta["delta"])}
     want = {"self_attn", "mlp"} if method == "houlsby" else {"mlp"}
     assert {s.rsplit("/", 1)[-1] for s in sites} == want and len(sites) == 2 * len(want)
     f = jax.jit(lambda v: model.apply(v, IDS, MASK))
@@ -215,3 +218,55 @@ def test_matmul_bias_backward_equals_the_plain_vjp(i, o):
     second = jax.grad(lambda w: jnp.sum(jax.grad(lambda x: jnp.sum(jnp.tanh(matmul_bias(x, w, b))))(x) ** 2))(w)
     second0 = jax.grad(lambda w: jnp.sum(jax.grad(lambda x: jnp.sum(jnp.tanh(x @ w + b)))(x) ** 2))(w)
     np.testing.assert_allclose(second, second0, rtol=1e-4, atol=1e-5)
+
+
+def test_decoder_pfeiffer_is_adapterhubs_pre_ln_form():
+    """Llama: AdapterHub calls a pre-LN block's output adapters with the MLP output, the block input and no
+    LayerNorm; SeqBnConfig (Pfeiffer) then gives x + s, s = mlp + U(f(D(mlp + x))), re-read per stacked
+    adapter. Checked in NumPy with the attention output projections zeroed (so x is the embedding in every
+    layer's MLP input) and two stacked adapters (language slot 0, task slot 1)."""
+    model = build_model(LLAMA)
+    params = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
+    rng = np.random.default_rng(0)
+    params = tree.map_with_path(
+        lambda p, x: (
+            jnp.zeros_like(x) if "/o_proj/" in p else jnp.asarray(x + 0.05 * rng.normal(size=x.shape), x.dtype)
+        ),
+        params,
+    )
+    pf = deltas.get("pfeiffer")
+    lang_cfg = deltas.check_config(pf, {"bottleneck": 4, "train_head": False})
+    lang = _random(pf.init(jax.random.key(1), params, lang_cfg), 1)
+    task_cfg = deltas.check_config(pf, {"bottleneck": 4, "slot": 1, "non_linearity": "gelu", "train_head": False})
+    task = _random(pf.init(jax.random.key(2), params, task_cfg), 2)
+    v = deltas.apply_all(params, [(pf, lang), (pf, task)])
+    got = _hidden(model, v)
+
+    p = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), params)["backbone"]
+    d = jax.tree_util.tree_map(np.asarray, v["delta"])["backbone"]["layers"]
+
+    def rms(x, scale):
+        return x / np.sqrt((x**2).mean(-1, keepdims=True) + LLAMA.rms_norm_eps) * scale
+
+    def mm(x, dense):
+        return x @ dense["kernel"]
+
+    x = p["embed_tokens"]["embedding"][IDS]
+    for i in range(LLAMA.num_hidden_layers):
+        lp = p["layers"][str(i)]
+        h = rms(x, lp["post_attention_layernorm"]["scale"])
+        m = lp["mlp"]
+        gate = mm(h, m["gate_proj"])
+        s = mm(gate / (1 + np.exp(-gate)) * mm(h, m["up_proj"]), m["down_proj"])
+        s = _stack(s, d[str(i)]["mlp"]["adapter_after_add"], read=lambda s, x=x: s + x)
+        x = x + s
+    want = rms(x, p["norm"]["scale"])
+    err = float(np.abs(got - want)[MASK.astype(bool)].max())
+    print(f"\n[numpy] decoder Pfeiffer stack: max|Δ| = {err:.2e}")
+    assert err <= 1e-5, err
+    # the same adapters read at the Houlsby site (the MLP output alone) give a different function
+    moved = jax.tree_util.tree_map(lambda x: x, v)
+    for i in range(LLAMA.num_hidden_layers):
+        mlp = moved["delta"]["backbone"]["layers"][str(i)]["mlp"]
+        mlp["adapter"] = mlp.pop("adapter_after_add")
+    assert not np.allclose(_hidden(model, moved), got, atol=1e-4)

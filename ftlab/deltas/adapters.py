@@ -10,8 +10,12 @@ factor) and f in relu | gelu | swish | tanh: the residual is inside the adapter.
     FFN output before its Add & Norm): s = FFN; s = s + up(f(down(LN(s + x)))) for each stacked adapter;
     out = LN(s + x), the block's own LayerNorm used before and after the adapters; the unmodified block at
     init (delta .../output/adapter_after_ln).
-  Decoders (pre-LN: Llama, GPT-2) have one form: x + adapter(sublayer(norm(x))), on the attention and the MLP
-  output ('houlsby') or the MLP only ('pfeiffer'): delta .../self_attn|attn/adapter, .../mlp/adapter.
+  Decoders (pre-LN: Llama, GPT-2), as AdapterHub calls its adapters there (no LayerNorm passed):
+    'houlsby'   x + adapter(sublayer(norm(x))) on the attention and the MLP output (DoubleSeqBnConfig:
+                original_ln_before=False): delta .../self_attn|attn/adapter, .../mlp/adapter;
+    'pfeiffer'  MLP only, the adapter reads the block output and adds to the MLP output (SeqBnConfig:
+                original_ln_before=True, residual_before_ln=True): s = mlp(norm(x)); s = s + up(f(down(s + x)))
+                per stacked adapter; out = x + s: delta .../mlp/adapter_after_add.
 Each site holds slots "0", "1", ... applied in order (stacking). `slot` picks this adapter's slot; MAD-X
 (Pfeiffer et al. 2020b): a language adapter (slot 0) under a task adapter (slot 1). Compose two saved deltas
 with `ftlab.deltas.apply_all(θ₀, [(pfeiffer, δ_lang), (pfeiffer, δ_task)])` (either can be swapped), or train
@@ -56,9 +60,9 @@ _SITES = {
     ("bert", "houlsby"): ["{L}/attention/output/adapter", "{L}/output/adapter"],
     ("bert", "pfeiffer"): ["{L}/output/adapter_after_ln"],
     ("llama", "houlsby"): ["{L}/self_attn/adapter", "{L}/mlp/adapter"],
-    ("llama", "pfeiffer"): ["{L}/mlp/adapter"],
+    ("llama", "pfeiffer"): ["{L}/mlp/adapter_after_add"],
     ("gpt2", "houlsby"): ["{L}/attn/adapter", "{L}/mlp/adapter"],
-    ("gpt2", "pfeiffer"): ["{L}/mlp/adapter"],
+    ("gpt2", "pfeiffer"): ["{L}/mlp/adapter_after_add"],
 }
 _LAYERS = {"bert": "backbone/encoder/layer/{}", "llama": "backbone/layers/{}", "gpt2": "backbone/h/{}"}
 

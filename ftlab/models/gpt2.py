@@ -6,7 +6,8 @@
 HF stores these Conv1D weights as [in, out] already, so they load without a transpose. Pre-LN blocks,
 learned positions, tied LM head. Attention lives in `GPT2Attention`, the feed-forward block in `GPT2MLP`.
 KV cache as in ftlab.models.llama. Module-delta sites as in ftlab.models.llama: `prompt`, `input_noise` (backbone scope),
-h/{i}/attn/prefix_key, prefix_value, h/{i}/attn/adapter, h/{i}/mlp/adapter, and every Dense / Embed.
+h/{i}/attn/prefix_key, prefix_value, h/{i}/attn/adapter, h/{i}/mlp/adapter (Houlsby), h/{i}/mlp/adapter_after_add
+(Pfeiffer: reads mlp + x, as AdapterHub's SeqBnConfig on a pre-LN block), and every Dense / Embed.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class GPT2MLP(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, residual: Array) -> Array:
         c = self.config
         dt = compute_dtype(c.dtype)
         inner = c.n_inner or 4 * c.n_embd
@@ -89,7 +90,8 @@ class GPT2MLP(nn.Module):
             Dense(inner, True, dt, _init(c), name="c_fc", deterministic=det)(x)
         )
         x = Dense(c.n_embd, True, dt, _init(c, residual=True), name="c_proj", deterministic=det)(x)
-        return adapters(self, Dropout(c.resid_pdrop)(x, deterministic=det))
+        out = adapters(self, Dropout(c.resid_pdrop)(x, deterministic=det))
+        return adapters(self, out, "adapter_after_add", read=lambda s: s + residual)
 
 
 class GPT2Block(nn.Module):
@@ -105,7 +107,7 @@ class GPT2Block(nn.Module):
         )
         x = x + h
         x = x + GPT2MLP(c, self.deterministic, name="mlp")(
-            LayerNorm(c.layer_norm_epsilon, dt, name="ln_2")(x)
+            LayerNorm(c.layer_norm_epsilon, dt, name="ln_2")(x), x
         )
         return x, new_cache
 

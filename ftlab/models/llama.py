@@ -16,7 +16,9 @@ Attention lives in `LlamaAttention`, the feed-forward block in `LlamaMLP` (the d
                                           the real (or cached) ones, not rotated; real tokens' positions are
                                           shifted by P, as HF does when PEFT passes the prefix as past_key_values
     layers/{i}/self_attn/adapter, layers/{i}/mlp/adapter      bottleneck adapters on the sub-block output,
-                                          before the residual add
+                                          before the residual add (Houlsby)
+    layers/{i}/mlp/adapter_after_add      Pfeiffer (AdapterHub SeqBnConfig on a pre-LN block): each adapter
+                                          reads mlp + x and adds to the MLP output: x + s, s = mlp + U(f(D(s + x)))
 
 KV cache (generation): `cache` is {"0": {"k": [B, S, K, Dh], "v": [B, S, K, Dh]}, ...}; the T new tokens
 are written at slots cache_index .. cache_index+T-1 and attend to every slot <= their own whose
@@ -108,13 +110,14 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    """SwiGLU: down(act(gate(x)) * up(x)). [B, T, D] -> [B, T, D]."""
+    """SwiGLU: down(act(gate(x)) * up(x)). [B, T, D] -> [B, T, D]; `residual` (the block input) is read by the
+    Pfeiffer adapters at `adapter_after_add`."""
 
     config: LlamaConfig
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, residual: Array) -> Array:
         c = self.config
         dt = compute_dtype(c.dtype)
         init = nn.initializers.normal(c.initializer_range)
@@ -122,7 +125,8 @@ class LlamaMLP(nn.Module):
         gate = Dense(c.intermediate_size, c.mlp_bias, dt, init, name="gate_proj", deterministic=det)(x)
         up = Dense(c.intermediate_size, c.mlp_bias, dt, init, name="up_proj", deterministic=det)(x)
         down = Dense(c.hidden_size, c.mlp_bias, dt, init, name="down_proj", deterministic=det)
-        return adapters(self, down(activation(c.hidden_act)(gate) * up))
+        out = adapters(self, down(activation(c.hidden_act)(gate) * up))
+        return adapters(self, out, "adapter_after_add", read=lambda s: s + residual)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -139,7 +143,7 @@ class LlamaDecoderLayer(nn.Module):
         )
         x = x + h
         x = x + LlamaMLP(c, self.deterministic, name="mlp")(
-            RMSNorm(c.rms_norm_eps, dt, name="post_attention_layernorm")(x)
+            RMSNorm(c.rms_norm_eps, dt, name="post_attention_layernorm")(x), x
         )
         return x, new_cache
 
