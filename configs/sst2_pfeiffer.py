@@ -6,6 +6,9 @@ Paper/reference: Pfeiffer et al. 2020, "AdapterFusion" / "MAD-X" (AdapterHub Pfe
 Command:  python scripts/train.py --config configs/sst2_pfeiffer.py --workdir runs/sst2_pfeiffer
 Expected: dev accuracy ≈ 0.880 (docs/results/sst2_pfeiffer.json; sst2_full 0.899). In the earlier, incorrect
 Pfeiffer form (not the identity at init) 0.870, :quick 0.842.
+2 epochs (docs/results/sst2_pfeiffer_2ep.json): best eval 0.883 at step 2800 of 4208 (98.2% of sst2_full), last
+eval 0.880:
+  python scripts/train.py --config configs/sst2_pfeiffer.py --workdir runs/sst2_pfeiffer_2ep --config.train.epochs=2
 """
 
 from ftlab.train.loop import apply_variant, default_config
