@@ -1,7 +1,7 @@
 """CoLA acceptability, MiniLM Houlsby adapters (bottleneck 24 = 384/16, swish) after attention and FFN.
 
 Trainable: 2·L·(2·D·m + m + D) = 226,032 adapter parameters on MiniLM, plus the head.
-lr 5e-4 (10 epochs at 1e-3: MCC 0.265; at 5e-4: 0.277); 10 epochs (3 underfit: MCC 0.144 LoRA at lr 5e-4, 0.211 Houlsby, 0.080 Pfeiffer; the LoRA paper trains CoLA 80), batch size as cola_full.
+lr 5e-4 (10 epochs at 1e-3: MCC 0.265; at 5e-4: 0.277; at 3e-4: 0.264, docs/results/cola_houlsby_lr3e-4.json); 10 epochs (3 underfit: MCC 0.144 LoRA at lr 5e-4, 0.211 Houlsby, 0.080 Pfeiffer; the LoRA paper trains CoLA 80), batch size as cola_full.
 Paper/reference: Houlsby et al. 2019, "Parameter-Efficient Transfer Learning for NLP" (lr 1e-4..1e-3; AdapterHub defaults).
 Command:  python scripts/train.py --config configs/cola_houlsby.py --workdir runs/cola_houlsby
 Expected: dev MCC ≈ 0.277 (docs/results/cola_houlsby.json; cola_full 0.284, HF+PyTorch full FT: 0.314).
