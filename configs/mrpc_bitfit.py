@@ -5,7 +5,7 @@ Bias terms of every backbone layer (query/key/value, attention output, FFN, Laye
 lr 1e-3 (Ben Zaken et al. search 1e-4..1e-3 and report the upper end for BERT-base).
 Paper/reference: Ben Zaken, Ravfogel & Goldberg 2022, "BitFit: Simple Parameter-efficient Fine-tuning".
 Command:  python scripts/train.py --config configs/mrpc_bitfit.py --workdir runs/mrpc_bitfit
-Expected: dev F1 within a few points of mrpc_full (BitFit ≈ full fine-tuning on GLUE for BERT-base); not yet measured with MiniLM.
+Expected: dev F1 ≈ 0.852 (docs/results/mrpc_bitfit.json; 99.1% of mrpc_full 0.860).
 """
 
 from ftlab.train.loop import apply_variant, default_config
