@@ -5,7 +5,7 @@ Bias terms of every backbone layer (query/key/value, attention output, FFN, Laye
 lr 1e-3 (Ben Zaken et al. search 1e-4..1e-3 and report the upper end for BERT-base).
 Paper/reference: Ben Zaken, Ravfogel & Goldberg 2022, "BitFit: Simple Parameter-efficient Fine-tuning".
 Command:  python scripts/train.py --config configs/stsb_bitfit.py --workdir runs/stsb_bitfit
-Expected: dev Pearson within a few points of stsb_full (BitFit ≈ full fine-tuning on GLUE for BERT-base); not yet measured with MiniLM.
+Expected: dev Pearson ≈ 0.850 (docs/results/stsb_bitfit.json; 98.2% of stsb_full 0.865).
 """
 
 from ftlab.train.loop import apply_variant, default_config
