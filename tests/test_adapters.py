@@ -184,8 +184,7 @@ LLAMA = LlamaConfig(
 
 @pytest.mark.parametrize("method", ["houlsby", "pfeiffer"])
 def test_decoder_adapter_sites(method):
-    cfg = LLAMA
-    model = build_model(cfg, "causal_lm")
+    model = build_model(LLAMA, "causal_lm")
     params = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
     mod = deltas.get(method)
     c = deltas.check_config(mod, {"bottleneck": 4})
