@@ -12,7 +12,7 @@ Variant `<task>-<recipe>`, task one of cola, mrpc, stsb, sst2 (dev sets as in GL
 Run with `ftlab sweep` (10 seeds in one program), then scripts/stability.py for the table and plot.
 Paper/reference: Mosbach, Andriushchenko & Klakow 2021, "On the Stability of Fine-tuning BERT"; Dodge et al.
           2020; Zhang et al. 2021, "Revisiting Few-sample BERT Fine-tuning".
-Command:  ftlab sweep --config configs/stability.py:cola-vanilla --workdir runs/stability/cola-vanilla --seeds 10
+Command:  ftlab sweep --config configs/stability.py:cola-vanilla --workdir runs/stability/cola-vanilla
           python scripts/stability.py runs/stability/* --out docs/stability
 Expected: Mosbach et al. report fewer failed runs (dev score at or below the majority class) and a lower std
           with bias correction, longer training and re-initialisation; see docs/stability.md for what held here.

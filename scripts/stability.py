@@ -2,9 +2,12 @@
 expected-validation-performance curves, and the early stopping of bad seeds replayed on the logged curves.
 
     python scripts/stability.py runs/stability/cola-vanilla runs/stability/cola-mosbach ... --out docs/stability
+    python scripts/stability.py docs/stability/sweeps/*.json --out docs/stability   # regenerate from the repo
 
-Each argument is an `ftlab sweep` workdir (its sweep.json). A workdir named `<task>-<recipe>` is grouped by
-task and labelled by recipe; any other name is its own label. A run has *failed* when its best dev score is at
+Each argument is an `ftlab sweep` workdir (its sweep.json) or a copy of a sweep.json named `<name>.json`; the
+sweep.json of every workdir given is copied to OUT/sweeps/<name>.json, so the report can be regenerated from
+what is committed. A name `<task>-<recipe>` is grouped by task and labelled by recipe; any other name is its
+own label. A run has *failed* when its best dev score is at
 or below the majority-class score of the task (Mosbach et al. 2021; regression: Pearson ≤ 0). Writes
 OUT/stability.json, OUT/stability.md (the tables), OUT/stability.png (strip + box per recipe, one panel per
 task) and OUT/evp.png (expected best dev score vs number of seeds, Dodge et al. 2019).
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -25,13 +29,27 @@ FRACTIONS = (0.1, 0.2, 0.3, 0.5)
 KEEPS = (1, 2, 3, 5)
 
 
-def load(workdir: str) -> dict:
-    path = os.path.join(workdir, "sweep.json")
+def scores_from_expected_max(em: list[float]) -> np.ndarray:
+    """The sorted scores whose `sweep.expected_max` curve (n = 1..N, N = len(em)) is `em`.
+
+    expected_max is linear in the sorted scores, E_n = Σ_i v_(i)·((i/N)^n − ((i−1)/N)^n), and the N×N matrix
+    is invertible (a Vandermonde matrix times a difference operator), so a report that kept only the curve
+    still determines every seed's best score (without which seed had which). Rounded to 1e-9 (the solve's
+    error is ~1e-12 for N = 10)."""
+    N = len(em)
+    i = np.arange(1, N + 1, dtype=np.float64)
+    m = np.array([(i / N) ** n - ((i - 1) / N) ** n for n in range(1, N + 1)])
+    return np.round(np.linalg.solve(m, np.asarray(em, np.float64)), 9)
+
+
+def load(src: str) -> dict:
+    path = src if src.endswith(".json") else os.path.join(src, "sweep.json")
     if not os.path.isfile(path):
-        raise SystemExit(f"error: {path} not found (run `ftlab sweep ... --workdir {workdir}` first)")
+        raise SystemExit(f"error: {path} not found (run `ftlab sweep ... --workdir {src}` first)")
     with open(path) as f:
         s = json.load(f)
-    name = os.path.basename(os.path.normpath(workdir))
+    name = os.path.basename(os.path.normpath(src)).removesuffix(".json")
+    s["name"], s["path"] = name, path
     task, _, recipe = name.partition("-")
     if task != s["task"] or not recipe:
         task, recipe = s["task"], name
@@ -41,7 +59,9 @@ def load(workdir: str) -> dict:
 
 def row(s: dict) -> dict:
     best = np.asarray(s["best_scores"], np.float64)
-    finals = np.asarray([v["final_score"] for v in s["per_seed"].values() if v["final_score"] is not None])
+    finals = np.asarray([v["final_score"] for v in s.get("per_seed", {}).values() if v["final_score"] is not None])
+    if "per_seed" not in s:  # a summary without per-seed records (see `recovered` in the sweep file)
+        finals = np.asarray([s["final_mean"]]) if s.get("final_mean") is not None else finals
     majority = s.get("majority_score")
     failed = int(np.sum(best <= majority + 1e-12)) if majority is not None else None
     return {"task": s["group"], "recipe": s["label"], "metric": s["main_metric"], "n": int(len(best)),
@@ -53,6 +73,8 @@ def row(s: dict) -> dict:
 
 
 def stop_rows(s: dict) -> list[dict]:
+    if "per_seed" not in s:
+        return s.get("early_stopping", [])
     curves = {int(k): v["curve"] for k, v in s["per_seed"].items() if v["steps_run"] == s["total_steps"]}
     if len(curves) < 2:
         return []
@@ -130,7 +152,11 @@ def main(argv: list[str]) -> int:
     sweeps = [load(w) for w in args.workdirs]
     rows = [row(s) for s in sweeps]
     stops = {f"{s['group']}/{s['label']}": stop_rows(s) for s in sweeps}
-    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(os.path.join(args.out, "sweeps"), exist_ok=True)
+    for s in sweeps:
+        keep = os.path.join(args.out, "sweeps", f"{s['name']}.json")
+        if os.path.abspath(s["path"]) != os.path.abspath(keep):
+            shutil.copyfile(s["path"], keep)
     with open(os.path.join(args.out, "stability.json"), "w") as f:
         json.dump({"rows": rows, "early_stopping": stops}, f, indent=2)
     md = markdown(rows, stops)

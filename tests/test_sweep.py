@@ -168,6 +168,37 @@ def test_stability_report_counts_failed_runs_and_writes_plots(tmp_path):
     for png in ("stability.png", "evp.png"):
         assert (tmp_path / "out" / png).stat().st_size > 10_000
     assert "| cola | vanilla | matthews_corr | 5 |" in open(tmp_path / "out" / "stability.md").read()
+    # each workdir's sweep.json is kept as OUT/sweeps/<name>.json, and the report regenerates from those copies
+    kept = sorted(str(p) for p in (tmp_path / "out" / "sweeps").glob("*.json"))
+    assert [os.path.basename(k) for k in kept] == ["cola-mosbach.json", "cola-vanilla.json"]
+    assert mod.main([kept[1], kept[0], "--out", str(tmp_path / "again")]) == 0  # in the first call's order
+    assert open(tmp_path / "again" / "stability.md").read() == open(tmp_path / "out" / "stability.md").read()
+
+
+def test_scores_are_recovered_from_an_expected_max_curve(tmp_path):
+    """scores_from_expected_max inverts sweep.expected_max (sorted scores, ties and zeros included), and a
+    summary holding only best_scores / final_mean / early_stopping (no per-seed records) makes a report row."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stability_script", os.path.join(REPO, "scripts", "stability.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 10):
+        v = np.round(rng.uniform(0, 0.4, n), 4)
+        v[: n // 3] = 0.0
+        np.testing.assert_allclose(mod.scores_from_expected_max(sweep.expected_max(v).tolist()), np.sort(v), atol=2e-9)
+    best = [0.0, 0.1, 0.2, 0.2]
+    stops = [{"fraction": 0.5, "keep": 1, "best": 0.1, "best_all": 0.2, "compute": 0.62}]
+    json.dump({"task": "mrpc", "main_metric": "f1", "best_scores": best, "majority_score": 0.0, "final_mean": 0.1,
+               "expected_max": sweep.expected_max(best).tolist(), "total_steps": 10, "train_seconds": 1.0,
+               "train_examples_per_second": 2.0, "mode": "vmap", "early_stopping": stops},
+              open(tmp_path / "mrpc-vanilla.json", "w"))
+    assert mod.main([str(tmp_path / "mrpc-vanilla.json"), "--out", str(tmp_path / "out")]) == 0
+    out = json.load(open(tmp_path / "out" / "stability.json"))
+    (r,) = out["rows"]
+    assert (r["failed"], r["final_mean"], r["max"]) == (1, 0.1, 0.2)
+    assert out["early_stopping"] == {"mrpc/vanilla": stops}
 
 
 @pytest.mark.slow  # one vmapped compilation of the tiny model with movement scores
