@@ -3,9 +3,14 @@
 Two runs. Stage 1 (this config): θ₀ + z ⊙ w with hard-concrete gates and the expected-L0 penalty.
 Stage 2 (':fixed_mask'): magnitude projection of stage 1's diff to 0.5% of the entries, then training of
 those values with the mask fixed; it reads stage 1's exported δ from runs/sst2_diffprune/delta.
-lr 1e-4 for w (it starts at 0); log_alpha gets ×100 (1e-2) so that gates can close within a run
-(at 1e-4 a gate would need ~7e4 steps to travel from alpha_init=5 to closed); no weight decay (the
-L0 penalty is the regulariser).
+lr 1e-4 for w (it starts at 0). The gates follow Guo et al.'s released code (dguo98/DiffPruning,
+run_glue_diffpruning.py): stretch interval (γ, ζ) = (-1.5, 1.5), log_alpha trained at lr 0.1 (×1000 here),
+no gradient clipping (their code clips w's and log_alpha's gradients separately, each to norm 1; one global
+clip over w, log_alpha and the head would shrink the penalty's gradient). With Adam's ε = 1e-8 this matters:
+the penalty's gradient per gate, λ·σ'(log_alpha) ≈ 8e-10 at log_alpha = 5, is below ε, so a gate with no task
+gradient moves ~lr·g/ε per step (0.008 at lr 0.1), and gates can close within a run. At the previous
+lr 1e-2 with (γ, ζ) = (-0.1, 1.1) and a global clip the expected L0 fell by 0.002% in a run (docs/results/
+mrpc_diffprune_v0*.json). No weight decay (the L0 penalty is the regulariser).
 Paper/reference: Guo, Rush & Kim 2021, "Parameter-Efficient Transfer Learning with Diff Pruning" (λ_L0 = 1.25e-7,
           alpha_init 5, target 0.5%); gates: Louizos et al. 2018.
 Command:  python scripts/train.py --config configs/sst2_diffprune.py --workdir runs/sst2_diffprune
@@ -24,6 +29,7 @@ def get_config(variant=None):
     c.delta.l0_weight = 1.25e-7
     c.delta.alpha_init = 5.0
     c.delta.target_fraction = 0.005
+    c.delta.gamma, c.delta.zeta = -1.5, 1.5  # Guo et al.'s code (Louizos et al.: -0.1, 1.1)
     c.delta.init_from = ""
     c.train.epochs = 1
     c.train.batch_size = 32
@@ -32,7 +38,8 @@ def get_config(variant=None):
     c.train.eval_every = 700
     c.optim.lr = 1e-4
     c.optim.weight_decay = 0.0
-    c.optim.groups = ((r"diffprune/log_alpha/.*", 100.0), (r".*", 1.0))
+    c.optim.groups = ((r"diffprune/log_alpha/.*", 1000.0), (r".*", 1.0))  # log_alpha at lr 0.1
+    c.optim.grad_clip = 0.0
     return apply_variant(
         c,
         variant,
@@ -42,6 +49,7 @@ def get_config(variant=None):
                 "delta.phase": "fixed_mask",
                 "delta.init_from": "runs/sst2_diffprune/delta",
                 "optim.groups": ((r".*", 1.0),),
+                "optim.grad_clip": 1.0,
             },
         },
     )
