@@ -145,7 +145,8 @@ def table(grids: dict[str, dict], k: int, extra_rows: dict[str, dict[str, str]] 
     for g in grids.values():
         for key, r in g["results"].items():
             metric[key.split("/")[0]] = r["metric"]
-    head = "| method | " + " | ".join(f"{t} ({metric.get(t, '')})" for t in tasks) + " |"
+    # a task only extra rows fill is scored by scripts/fewshot.py, whose score is accuracy
+    head = "| method | " + " | ".join(f"{t} ({metric.get(t, 'accuracy')})" for t in tasks) + " |"
     lines = [head, "|---|" + "---|" * len(tasks)]
     for name, g in grids.items():
         cells = []
