@@ -7,8 +7,8 @@ expected-validation-performance curves, and the early stopping of bad seeds repl
 Each argument is an `ftlab sweep` workdir (its sweep.json) or a copy of a sweep.json named `<name>.json`; the
 sweep.json of every workdir given is copied to OUT/sweeps/<name>.json, so the report can be regenerated from
 what is committed. A name `<task>-<recipe>` is grouped by task and labelled by recipe; any other name is its
-own label. A run has *failed* when its best dev score is at
-or below the majority-class score of the task (Mosbach et al. 2021; regression: Pearson ≤ 0). Writes
+own label. A run has *failed* when its best dev score is at or below the majority-class score of the task
+(Mosbach et al. 2021; regression: Pearson ≤ 0). Writes
 OUT/stability.json, OUT/stability.md (the tables), OUT/stability.png (strip + box per recipe, one panel per
 task) and OUT/evp.png (expected best dev score vs number of seeds, Dodge et al. 2019).
 """
@@ -59,9 +59,10 @@ def load(src: str) -> dict:
 
 def row(s: dict) -> dict:
     best = np.asarray(s["best_scores"], np.float64)
-    finals = np.asarray([v["final_score"] for v in s.get("per_seed", {}).values() if v["final_score"] is not None])
-    if "per_seed" not in s:  # a summary without per-seed records (see `recovered` in the sweep file)
-        finals = np.asarray([s["final_mean"]]) if s.get("final_mean") is not None else finals
+    if "per_seed" in s:
+        finals = np.asarray([v["final_score"] for v in s["per_seed"].values() if v["final_score"] is not None])
+    else:  # a summary without per-seed records (see `recovered` in the sweep file)
+        finals = np.asarray([s["final_mean"]] if s.get("final_mean") is not None else [])
     majority = s.get("majority_score")
     failed = int(np.sum(best <= majority + 1e-12)) if majority is not None else None
     return {"task": s["group"], "recipe": s["label"], "metric": s["main_metric"], "n": int(len(best)),

@@ -141,14 +141,19 @@ def test_sweep_resumes_exactly_after_sigkill_and_cli(tmp_path, tiny_bert_dir):
     assert a == b
 
 
-def test_stability_report_counts_failed_runs_and_writes_plots(tmp_path):
-    """scripts/stability.py on two hand-made sweep.json files: table values against numpy, failed runs at or
-    below the majority score, the replayed early stopping, and the PNGs."""
+def _stability_script():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("stability_script", os.path.join(REPO, "scripts", "stability.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_stability_report_counts_failed_runs_and_writes_plots(tmp_path):
+    """scripts/stability.py on two hand-made sweep.json files: table values against numpy, failed runs at or
+    below the majority score, the replayed early stopping, and the PNGs."""
+    mod = _stability_script()
     scores = {"vanilla": [0.0, 0.31, 0.28, 0.0, 0.35], "mosbach": [0.30, 0.33, 0.29, 0.32, 0.31]}
     dirs = []
     for recipe, best in scores.items():
@@ -178,11 +183,7 @@ def test_stability_report_counts_failed_runs_and_writes_plots(tmp_path):
 def test_scores_are_recovered_from_an_expected_max_curve(tmp_path):
     """scores_from_expected_max inverts sweep.expected_max (sorted scores, ties and zeros included), and a
     summary holding only best_scores / final_mean / early_stopping (no per-seed records) makes a report row."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("stability_script", os.path.join(REPO, "scripts", "stability.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _stability_script()
     rng = np.random.default_rng(0)
     for n in (1, 3, 10):
         v = np.round(rng.uniform(0, 0.4, n), 4)
