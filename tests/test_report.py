@@ -12,24 +12,26 @@ report = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(report)
 
 
-def _run(name, task, method, score, metric="f1", d=None):
+def _run(name, task, method, score, metric="f1", d=None, **others):
     delta = {"method": method} if d is None else {"method": method, "d": d}
+    m = {metric: score, **others}
     return {"_name": name, "task": task, "method": method, "main_metric": metric,
-            "best_metrics": {metric: score}, "metrics": {metric: score}, "config": {"delta": delta},
+            "best_metrics": m, "metrics": m, "config": {"delta": delta},
             "best_step": 1, "train_steps": 1, "trainable_params": 10, "total_params": 100, "delta_bytes": 40,
             "steps_per_second": 1.0, "peak_rss_mb": 1.0}
 
 
 ROWS = [
-    _run("mrpc_full", "mrpc", "full", 0.86),
+    _run("mrpc_full", "mrpc", "full", 0.90, accuracy=0.86),
     _run("sst2_full", "sst2", "full", 0.90, "accuracy"),
     _run("sst2_full_quick", "sst2", "full", 0.80, "accuracy"),
-    # MRPC: 90% of 0.86 = 0.774; d=1000 is the first to reach it (0.78), d=3000 dips below again
-    _run("mrpc_said_d300", "mrpc", "said", 0.70, d=300),
-    _run("mrpc_said", "mrpc", "said", 0.78, d=1000),
-    _run("mrpc_said_d3000", "mrpc", "said", 0.77, d=3000),
-    _run("mrpc_did_d300", "mrpc", "did", 0.60, d=300),
-    _run("mrpc_did_d3000", "mrpc", "did", 0.70, d=3000),
+    # MRPC is read on accuracy (F1 0.81 = the majority class would pass 90% of full's F1):
+    # 90% of 0.86 = 0.774; d=1000 is the first to reach it (0.78), d=3000 dips below again
+    _run("mrpc_said_d300", "mrpc", "said", 0.81, d=300, accuracy=0.70),
+    _run("mrpc_said", "mrpc", "said", 0.84, d=1000, accuracy=0.78),
+    _run("mrpc_said_d3000", "mrpc", "said", 0.85, d=3000, accuracy=0.77),
+    _run("mrpc_did_d300", "mrpc", "did", 0.81, d=300, accuracy=0.60),
+    _run("mrpc_did_d3000", "mrpc", "did", 0.82, d=3000, accuracy=0.70),
     # SST-2 quick budget: measured against sst2_full_quick (0.80 -> threshold 0.72), not sst2_full (0.81)
     _run("sst2_said_quick_d300", "sst2", "said", 0.73, "accuracy", d=300),
     _run("sst2_said_quick_d1000", "sst2", "said", 0.76, "accuracy", d=1000),
@@ -55,8 +57,9 @@ def test_intrinsic_table_rows_and_plot(tmp_path):
     assert [d for d, _ in groups[("mrpc", "said", "")]] == [300, 1000, 3000]
     lines = report.intrinsic_table(ROWS).splitlines()
     assert lines[0] == "| task (metric) | method | full FT | d=300 | d=1,000 | d=3,000 | d90 |"
-    assert lines[2] == "| mrpc (f1) | did | 0.860 (mrpc_full) | 0.600 (69%) |  | 0.700 (81%) | > 3,000 |"
-    assert lines[3] == "| mrpc (f1) | said | 0.860 (mrpc_full) | 0.700 (81%) | 0.780 (90%) | 0.770 (89%) | **1,000** |"
+    assert lines[2] == "| mrpc (accuracy) | did | 0.860 (mrpc_full) | 0.600 (69%) |  | 0.700 (81%) | > 3,000 |"
+    assert lines[3] == ("| mrpc (accuracy) | said | 0.860 (mrpc_full) | 0.700 (81%) | 0.780 (90%) | 0.770 (89%) "
+                        "| **1,000** |")
     assert lines[4] == ("| sst2 (accuracy) | said_quick | 0.800 (sst2_full_quick) | 0.730 (91%) | 0.760 (95%) |  "
                         "| **300** |")
     assert report.intrinsic_plot(ROWS, str(tmp_path / "id.png"))
@@ -76,6 +79,17 @@ def test_report_writes_the_intrinsic_section_from_results_files(tmp_path):
     text = out.read_text()
     assert "## Intrinsic dimension" in text and "| **1,000** |" in text
     assert (tmp_path / "docs" / "intrinsic_dim.png").exists()
+
+
+def test_mrpc_d90_is_read_on_accuracy_not_on_f1():
+    """On F1 every MRPC run above (0.81-0.85, the majority class's 0.812 included) passes 90% of 0.90; accuracy
+    separates them."""
+    by = {r["_name"]: r for r in ROWS}
+    assert report.id_metric(by["mrpc_said_d300"]) == "accuracy" and report.id_score(by["mrpc_said_d300"]) == 0.70
+    assert report.id_metric(by["sst2_said_quick_d300"]) == "accuracy"
+    f1 = [(d, r["best_metrics"]["f1"]) for d, r in report.intrinsic_groups(ROWS)[("mrpc", "did", "")]]
+    assert report.d90(f1, 0.90) == 300  # what an F1 d90 would (wrongly) say
+    assert "| > 3,000 |" in report.intrinsic_table(ROWS).splitlines()[2]
 
 
 def test_a_said_run_without_d_in_its_config_is_an_error():
