@@ -4,7 +4,7 @@ The classic partial fine-tuning baseline between feature extraction (frozen) and
 lr 1e-4: twice the full twin's, as only one layer adapts.
 Paper/reference: Lee et al. 2019, "What Would Elsa Do? Freezing Layers During Transformer Fine-Tuning".
 Command:  python scripts/train.py --config configs/cola_lastlayer.py --workdir runs/cola_lastlayer
-Expected: dev MCC between cola_frozen and cola_full; not yet measured.
+Expected: dev MCC 0.129 (docs/results/cola_lastlayer.json), between cola_frozen (0.012) and cola_full (0.284).
 """
 
 from ftlab.train.loop import apply_variant, default_config

@@ -4,7 +4,9 @@ The classic partial fine-tuning baseline between feature extraction (frozen) and
 lr 1e-4: twice the full twin's, as only one layer adapts.
 Paper/reference: Lee et al. 2019, "What Would Elsa Do? Freezing Layers During Transformer Fine-Tuning".
 Command:  python scripts/train.py --config configs/mrpc_lastlayer.py --workdir runs/mrpc_lastlayer
-Expected: dev F1 between mrpc_frozen and mrpc_full; not yet measured.
+Expected: dev F1 0.820 / accuracy 0.718 (docs/results/mrpc_lastlayer.json): barely above mrpc_frozen (0.818 /
+          0.708), below mrpc_full (0.860 / 0.799); the train loss falls (0.61 -> 0.52) while the dev loss rises
+          after epoch 2. With the frozen CLS pooler: 0.818 / 0.703 (mrpc_lastlayer_clspool.json).
 """
 
 from ftlab.train.loop import apply_variant, default_config
