@@ -4,7 +4,7 @@ The classic partial fine-tuning baseline between feature extraction (frozen) and
 lr 1e-4: twice the full twin's, as only one layer adapts.
 Paper/reference: Lee et al. 2019, "What Would Elsa Do? Freezing Layers During Transformer Fine-Tuning".
 Command:  python scripts/train.py --config configs/stsb_lastlayer.py --workdir runs/stsb_lastlayer
-Expected: dev Pearson between stsb_frozen and stsb_full; not yet measured.
+Expected: dev Pearson 0.692 (docs/results/stsb_lastlayer.json), between stsb_frozen (0.486) and stsb_full (0.865).
 """
 
 from ftlab.train.loop import apply_variant, default_config
