@@ -4,7 +4,7 @@ The classic partial fine-tuning baseline between feature extraction (frozen) and
 lr 1e-4: twice the full twin's, as only one layer adapts.
 Paper/reference: Lee et al. 2019, "What Would Elsa Do? Freezing Layers During Transformer Fine-Tuning".
 Command:  python scripts/train.py --config configs/sst2_lastlayer.py --workdir runs/sst2_lastlayer
-Expected: dev accuracy between sst2_frozen and sst2_full; not yet measured.
+Expected: dev accuracy 0.838 (docs/results/sst2_lastlayer.json; 93% of sst2_full, 0.899), 1 epoch of the full train set.
 """
 
 from ftlab.train.loop import apply_variant, default_config

@@ -70,10 +70,11 @@ def best(r: dict) -> float | None:
     return m.get(r.get("main_metric", ""))
 
 
-def full_reference(rows: list[dict], r: dict) -> dict | None:
+def full_reference(rows: list[dict], r: dict, method: str = "full") -> dict | None:
     """The full fine-tuning run `r` is measured against: same task and the longest leading part of its name
-    suffix that a full run has ('_quick' for sst2_said_quick_d300), else the plain one."""
-    fulls = {suffix(f): f for f in rows if f["task"] == r["task"] and f["method"] == "full" and best(f) is not None}
+    suffix that a full run has ('_quick' for sst2_said_quick_d300), else the plain one. `method="frozen"`
+    finds the frozen-encoder run (d = 0 of an intrinsic-dimension sweep) the same way."""
+    fulls = {suffix(f): f for f in rows if f["task"] == r["task"] and f["method"] == method and best(f) is not None}
     parts = suffix(r).split("_")
     for n in range(len(parts), 0, -1):
         if "_".join(parts[:n]) in fulls:
@@ -199,11 +200,14 @@ def intrinsic_table(rows: list[dict]) -> str:
     if not groups:
         return ""
     ds = sorted({d for v in groups.values() for d, _ in v})
-    out = ["| task (metric) | method | full FT | " + " | ".join(f"d={d:,}" for d in ds) + " | d90 |",
-           "|---|---|---|" + "---|" * (len(ds) + 1)]
+    out = ["| task (metric) | method | full FT | frozen (d=0) | " + " | ".join(f"d={d:,}" for d in ds) + " | d90 |",
+           "|---|---|---|---|" + "---|" * (len(ds) + 1)]
     for (task, method, suf), runs in groups.items():
         ref = full_reference(rows, runs[0][1])
         full = id_score(ref) if ref else None
+        frozen = full_reference(rows, runs[0][1], "frozen")
+        f0 = id_score(frozen) if frozen else None
+        frozen_cell = "" if f0 is None else f"{f0:.3f}" + (f" ({int(100 * f0 / full)}%)" if full else "")
         by_d = {d: id_score(r) for d, r in runs if id_score(r) is not None}
         cells = []
         for d in ds:
@@ -216,7 +220,7 @@ def intrinsic_table(rows: list[dict]) -> str:
         else:
             d90_cell = "no full run"
         full_cell = "" if full is None else f"{full:.3f} ({ref['_name']})"
-        out.append(f"| {task} ({id_metric(runs[0][1])}) | {method}{suf} | {full_cell} | " + " | ".join(cells)
+        out.append(f"| {task} ({id_metric(runs[0][1])}) | {method}{suf} | {full_cell} | {frozen_cell} | " + " | ".join(cells)
                    + f" | {d90_cell} |")
     return "\n".join(out)
 
@@ -244,6 +248,10 @@ def intrinsic_plot(rows: list[dict], path: str) -> bool:
         if ref is not None and id_score(ref) is not None:
             ax.axhline(id_score(ref), color="k", lw=1, label=f"full FT ({ref['_name']})")
             ax.axhline(0.9 * id_score(ref), color="k", lw=1, ls="--", label="90% of full FT")
+        frozen = next((full_reference(rows, runs[0][1], "frozen") for (t, _, _), runs in groups.items() if t == task),
+                      None)
+        if frozen is not None and id_score(frozen) is not None:
+            ax.axhline(id_score(frozen), color="tab:gray", lw=1, ls=":", label=f"frozen, d=0 ({frozen['_name']})")
         ax.set_xscale("log")
         ax.set_xlabel("d (trainable dimensions of θ_d)")
         ax.set_ylabel(f"dev {id_metric(next(r for r in rows if r['task'] == task))}")
@@ -287,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                      "d90 = the smallest measured d whose score reaches 90% of the full fine-tuning run's (in"
                      " brackets: each score's share of it), on the task's main metric at the best eval, except MRPC: accuracy"
                      " (its F1 gives a constant 'paraphrase' predictor 0.812, above 90% of full fine-tuning's"
-                     " F1). SAID's d includes its one λ per backbone tensor.\n\n"
+                     " F1). SAID's d includes its one λ per backbone tensor. 'frozen (d=0)' is the task's frozen-encoder run"
+                     " (head only): where it is close to 90% of full, d90 says little.\n\n"
                      + intrinsic_table(rows) + f"\n\n![intrinsic dimension]({os.path.basename(id_png)})\n\n")
     with open(args.out, "w") as f:
         f.write(intro + "## Best dev score by method and task (share of full fine-tuning's)\n\n" + summary(rows)

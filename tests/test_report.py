@@ -25,6 +25,7 @@ ROWS = [
     _run("mrpc_full", "mrpc", "full", 0.90, accuracy=0.86),
     _run("sst2_full", "sst2", "full", 0.90, "accuracy"),
     _run("sst2_full_quick", "sst2", "full", 0.80, "accuracy"),
+    _run("mrpc_frozen", "mrpc", "frozen", 0.81, accuracy=0.68),
     # MRPC is read on accuracy (F1 0.81 = the majority class would pass 90% of full's F1):
     # 90% of 0.86 = 0.774; d=1000 is the first to reach it (0.78), d=3000 dips below again
     _run("mrpc_said_d300", "mrpc", "said", 0.81, d=300, accuracy=0.70),
@@ -56,11 +57,12 @@ def test_intrinsic_table_rows_and_plot(tmp_path):
     assert list(groups) == [("mrpc", "did", ""), ("mrpc", "said", ""), ("sst2", "said", "_quick")]
     assert [d for d, _ in groups[("mrpc", "said", "")]] == [300, 1000, 3000]
     lines = report.intrinsic_table(ROWS).splitlines()
-    assert lines[0] == "| task (metric) | method | full FT | d=300 | d=1,000 | d=3,000 | d90 |"
-    assert lines[2] == "| mrpc (accuracy) | did | 0.860 (mrpc_full) | 0.600 (69%) |  | 0.700 (81%) | > 3,000 |"
-    assert lines[3] == ("| mrpc (accuracy) | said | 0.860 (mrpc_full) | 0.700 (81%) | 0.780 (90%) | 0.770 (89%) "
-                        "| **1,000** |")
-    assert lines[4] == ("| sst2 (accuracy) | said_quick | 0.800 (sst2_full_quick) | 0.730 (91%) | 0.760 (95%) |  "
+    assert lines[0] == "| task (metric) | method | full FT | frozen (d=0) | d=300 | d=1,000 | d=3,000 | d90 |"
+    assert lines[2] == ("| mrpc (accuracy) | did | 0.860 (mrpc_full) | 0.680 (79%) | 0.600 (69%) |  | 0.700 (81%) "
+                        "| > 3,000 |")
+    assert lines[3] == ("| mrpc (accuracy) | said | 0.860 (mrpc_full) | 0.680 (79%) | 0.700 (81%) | 0.780 (90%) "
+                        "| 0.770 (89%) | **1,000** |")
+    assert lines[4] == ("| sst2 (accuracy) | said_quick | 0.800 (sst2_full_quick) |  | 0.730 (91%) | 0.760 (95%) |  "
                         "| **300** |")
     assert report.intrinsic_plot(ROWS, str(tmp_path / "id.png"))
     assert os.path.getsize(tmp_path / "id.png") > 10_000
@@ -90,6 +92,12 @@ def test_mrpc_d90_is_read_on_accuracy_not_on_f1():
     f1 = [(d, r["best_metrics"]["f1"]) for d, r in report.intrinsic_groups(ROWS)[("mrpc", "did", "")]]
     assert report.d90(f1, 0.90) == 300  # what an F1 d90 would (wrongly) say
     assert "| > 3,000 |" in report.intrinsic_table(ROWS).splitlines()[2]
+
+
+def test_frozen_reference_is_found_like_the_full_one():
+    by = {r["_name"]: r for r in ROWS}
+    assert report.full_reference(ROWS, by["mrpc_said_d300"], "frozen")["_name"] == "mrpc_frozen"
+    assert report.full_reference(ROWS, by["sst2_said_quick_d300"], "frozen") is None
 
 
 def test_a_said_run_without_d_in_its_config_is_an_error():
