@@ -195,6 +195,14 @@ def d90(points: list[tuple[int, float]], full: float, share: float = 0.9) -> int
     return next((d for d, v in sorted(points) if v >= share * full), None)
 
 
+def _score_cell(v: float | None, full: float | None) -> str:
+    """'0.721 (90%)': a score and its share of full fine-tuning's, rounded down so that a score under 90% never
+    shows as 90%."""
+    if v is None:
+        return ""
+    return f"{v:.3f}" + (f" ({int(100 * v / full)}%)" if full else "")
+
+
 def intrinsic_table(rows: list[dict]) -> str:
     groups = intrinsic_groups(rows)
     if not groups:
@@ -206,14 +214,9 @@ def intrinsic_table(rows: list[dict]) -> str:
         ref = full_reference(rows, runs[0][1])
         full = id_score(ref) if ref else None
         frozen = full_reference(rows, runs[0][1], "frozen")
-        f0 = id_score(frozen) if frozen else None
-        frozen_cell = "" if f0 is None else f"{f0:.3f}" + (f" ({int(100 * f0 / full)}%)" if full else "")
+        frozen_cell = _score_cell(id_score(frozen) if frozen else None, full)
         by_d = {d: id_score(r) for d, r in runs if id_score(r) is not None}
-        cells = []
-        for d in ds:
-            v = by_d.get(d)
-            # shares rounded down, so a score under 90% never shows as 90%
-            cells.append("" if v is None else f"{v:.3f}" + (f" ({int(100 * v / full)}%)" if full else ""))
+        cells = [_score_cell(by_d.get(d), full) for d in ds]
         if full:
             k = d90(list(by_d.items()), full)
             d90_cell = f"**{k:,}**" if k is not None else f"> {max(by_d):,}"
@@ -238,18 +241,17 @@ def intrinsic_plot(rows: list[dict], path: str) -> bool:
     tasks = sorted({t for t, _, _ in groups})
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
-        ref = None
+        ref = frozen = None
         for (t, method, suf), runs in groups.items():
             if t != task:
                 continue
             pts = [(d, id_score(r)) for d, r in runs if id_score(r) is not None]
             ax.plot([d for d, _ in pts], [v for _, v in pts], marker="o", label=f"{method}{suf}")
             ref = ref or full_reference(rows, runs[0][1])
+            frozen = frozen or full_reference(rows, runs[0][1], "frozen")
         if ref is not None and id_score(ref) is not None:
             ax.axhline(id_score(ref), color="k", lw=1, label=f"full FT ({ref['_name']})")
             ax.axhline(0.9 * id_score(ref), color="k", lw=1, ls="--", label="90% of full FT")
-        frozen = next((full_reference(rows, runs[0][1], "frozen") for (t, _, _), runs in groups.items() if t == task),
-                      None)
         if frozen is not None and id_score(frozen) is not None:
             ax.axhline(id_score(frozen), color="tab:gray", lw=1, ls=":", label=f"frozen, d=0 ({frozen['_name']})")
         ax.set_xscale("log")
